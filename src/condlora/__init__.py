@@ -1,0 +1,39 @@
+"""condlora: LoRA, CondLoRA and frozen-A adapters for Hugging Face transformers."""
+
+__version__ = "0.1.0"
+
+from .config import AdapterConfig  # noqa: E402
+from .errors import AdapterLoadError, CondLoRAError, ConfigError, TargetError  # noqa: E402
+from .inject import (  # noqa: E402
+    adapter_layers,
+    apply_adapter,
+    count_parameters,
+    get_config,
+    merge_adapter,
+    merge_and_unload,
+    unmerge_adapter,
+)
+from .io import export_peft_lora, load_adapter, save_adapter  # noqa: E402
+from .layers import ABGenerator, CondLoRALinear, LoRALinear  # noqa: E402
+
+__all__ = [
+    "ABGenerator",
+    "AdapterConfig",
+    "AdapterLoadError",
+    "CondLoRAError",
+    "CondLoRALinear",
+    "ConfigError",
+    "LoRALinear",
+    "TargetError",
+    "__version__",
+    "adapter_layers",
+    "apply_adapter",
+    "count_parameters",
+    "export_peft_lora",
+    "get_config",
+    "load_adapter",
+    "merge_adapter",
+    "merge_and_unload",
+    "save_adapter",
+    "unmerge_adapter",
+]

@@ -1,0 +1,180 @@
+"""Save and load adapters (safetensors + JSON, PEFT-style names) and export them as plain PEFT LoRA."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from . import __version__
+from .config import AdapterConfig
+from .errors import AdapterLoadError, CondLoRAError, ConfigError, TargetError
+from .fileio import atomic_write, write_json, write_text
+from .inject import GENERATORS_ATTR, adapter_layers, apply_adapter, get_config, merge_and_unload, name_matches
+from .layers import Conv1D
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PREFIX = "base_model.model."
+
+
+def _saved_modules(model: nn.Module, cfg: AdapterConfig, peft_rule: bool = False) -> dict[str, torch.Tensor]:
+    """Parameters of modules_to_save; `peft_rule` uses PEFT's plain `endswith` (which also takes
+    'pre_classifier' for 'classifier'), so an export holds every tensor PEFT will look for."""
+    out = {}
+    for name, module in model.named_modules():
+        if not name or not cfg.modules_to_save:
+            continue
+        hit = any(name.endswith(t) for t in cfg.modules_to_save) if peft_rule else name_matches(
+            name, cfg.modules_to_save)
+        if hit:
+            for pname, p in module.named_parameters():
+                out[f"{PREFIX}{name}.{pname}"] = p
+    return out
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every tensor the adapter owns (frozen A / Θ_A included) and the modules_to_save, by saved name."""
+    cfg = get_config(model)
+    out: dict[str, torch.Tensor] = {}
+    if cfg.method == "lora":
+        for name, layer in adapter_layers(model):
+            out[f"{PREFIX}{name}.lora_A.weight"] = layer.lora_A
+            out[f"{PREFIX}{name}.lora_B.weight"] = layer.lora_B
+    else:
+        for key, gen in getattr(model, GENERATORS_ATTR).items():
+            out[f"{PREFIX}{GENERATORS_ATTR}.{key}.theta_A"] = gen.theta_A
+            out[f"{PREFIX}{GENERATORS_ATTR}.{key}.theta_B"] = gen.theta_B
+    out.update(_saved_modules(model, cfg))
+    return out
+
+
+def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(cpu, tmp, metadata={"format": "pt"}))
+
+
+def save_adapter(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write `adapter_config.json` and `adapter_model.safetensors` (atomically) into folder `path`."""
+    cfg = get_config(model)
+    path = Path(path)
+    cfg.library_version = __version__
+    _write_safetensors(path / WEIGHTS_NAME, adapter_state_dict(model))
+    write_json(path / CONFIG_NAME, {"condlora": cfg.to_dict()})
+    return path
+
+
+def read_config(path: str | os.PathLike) -> AdapterConfig:
+    """Read and validate a condlora adapter config; clear errors for missing or malformed files."""
+    file = Path(path) / CONFIG_NAME
+    if not file.is_file():
+        raise AdapterLoadError(f"{file} not found: not an adapter folder")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise AdapterLoadError(f"{file} is not valid JSON: {e}") from None
+    if not isinstance(data, dict) or "condlora" not in data:
+        hint = " (a PEFT adapter: load it with peft)" if isinstance(data, dict) and "peft_type" in data else ""
+        raise AdapterLoadError(f"{file} is not a condlora adapter config{hint}")
+    try:
+        return AdapterConfig.from_dict(data["condlora"])
+    except (CondLoRAError, TypeError) as e:
+        raise AdapterLoadError(f"{file}: {e}") from None
+
+
+def read_tensors(file: Path) -> dict[str, torch.Tensor]:
+    """Load every tensor of a safetensors file on CPU; a clear error if it is missing or corrupt."""
+    if not file.is_file():
+        raise AdapterLoadError(f"{file} not found")
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise AdapterLoadError(f"{file} is not a readable safetensors file: {e}") from None
+
+
+def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Apply the adapter saved in folder `path` to `model` and load its weights; returns `model`.
+
+    Frozen matrices come from the file, never from the seed. The model is left untouched on error.
+    """
+    path = Path(path)
+    cfg = read_config(path)
+    tensors = read_tensors(path / WEIGHTS_NAME)
+    if cfg.fingerprint is None:
+        raise AdapterLoadError(f"{path / CONFIG_NAME} has no fingerprint; it was not written by save_adapter")
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        apply_adapter(model, cfg)
+    except (TargetError, ConfigError) as e:
+        raise AdapterLoadError(f"the adapter in {path} does not fit this model: {e}") from None
+    try:
+        load_adapter_weights(model, tensors, str(path / WEIGHTS_NAME))
+    except AdapterLoadError:
+        merge_and_unload(model)  # nothing was copied yet and B is zero: this restores the base model exactly
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        raise
+    return model
+
+
+def load_adapter_weights(model: nn.Module, tensors: dict[str, torch.Tensor], source: str = "file") -> None:
+    """Copy saved tensors into the adapter; the key set, shapes and dtypes must match exactly."""
+    expected = adapter_state_dict(model)
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        raise AdapterLoadError(f"{source} does not match the adapter config: {what}")
+    for key, target in expected.items():
+        t = tensors[key]
+        if tuple(t.shape) != tuple(target.shape):
+            raise AdapterLoadError(f"{source}: {key} has shape {tuple(t.shape)}, expected {tuple(target.shape)}")
+        if not t.is_floating_point() or not torch.isfinite(t).all():
+            raise AdapterLoadError(f"{source}: {key} must hold finite floating-point values ({t.dtype})")
+    with torch.no_grad():
+        for key, target in expected.items():
+            target.copy_(tensors[key].to(dtype=target.dtype, device=target.device))
+
+
+def peft_lora_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every adapted layer's A and B (generated ones for CondLoRA) under PEFT LoRA's saved names."""
+    cfg = get_config(model)
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for name, layer in adapter_layers(model):
+            a, b = layer.lora_AB()
+            out[f"{PREFIX}{name}.lora_A.weight"] = a.detach().clone()
+            out[f"{PREFIX}{name}.lora_B.weight"] = b.detach().clone()
+    out.update({k: v.detach() for k, v in _saved_modules(model, cfg, peft_rule=True).items()})
+    return out
+
+
+def export_peft_lora(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write the adapter as a plain PEFT LoRA folder, exactly (no SVD): `PeftModel.from_pretrained` loads it."""
+    from peft import LoraConfig
+
+    cfg = get_config(model)
+    layers = list(adapter_layers(model))
+    conv = {isinstance(layer.base, Conv1D) for _, layer in layers}
+    if len(conv) > 1:
+        raise CondLoRAError("PEFT cannot hold Conv1D and nn.Linear targets in one LoRA config; export fewer")
+    peft_cfg = LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=[name for name, _ in layers],
+        fan_in_fan_out=conv.pop(),
+        modules_to_save=cfg.modules_to_save,
+        base_model_name_or_path=cfg.base_model_name_or_path,
+        bias="none",
+    )
+    path = Path(path)
+    _write_safetensors(path / WEIGHTS_NAME, peft_lora_tensors(model))
+    write_text(path / CONFIG_NAME, json.dumps(peft_cfg.to_dict(), indent=2, sort_keys=True, default=list) + "\n")
+    return path

@@ -1,0 +1,194 @@
+"""Adapter layers: `LoRALinear`, `CondLoRALinear` and the shared `ABGenerator`.
+
+Each layer wraps a frozen `nn.Linear` (or GPT-2's transposed `Conv1D`) and adds
+`(alpha / r) · B · A · dropout(x)` to its output. LoRA owns A and B; CondLoRA asks the generator of its
+module type to build them from the layer's frozen weight W0 (torch layout, d_out × d_in):
+
+* paper form (square W0):   A = Θ_A · W0ᵀ,  B = W0 · Θ_Bᵀ,  Θ_A, Θ_B ∈ R^{r × d_in}
+* general form (any W0):    A = θ_A · W0,   B = W0 · θ_B,   θ_A ∈ R^{r × d_out}, θ_B ∈ R^{d_in × r}
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+SUPPORTED_TYPES = (nn.Linear, Conv1D)
+
+
+def base_weight(base: nn.Module) -> torch.Tensor:
+    """The base layer's weight in torch layout (d_out × d_in); a view, transposed for `Conv1D`."""
+    return base.weight.T if isinstance(base, Conv1D) else base.weight
+
+
+def module_seed(seed: int, name: str) -> int:
+    """A stable per-module seed mixed from the config seed and the module's name."""
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
+
+
+def draw_matrix(rows: int, cols: int, init: str, seed: int) -> torch.Tensor:
+    """A seeded random rows × cols float32 matrix: "orthogonal", "gaussian" or "kaiming" (uniform, a=√5)."""
+    gen = torch.Generator().manual_seed(seed)
+    if init == "orthogonal":
+        q, _ = torch.linalg.qr(torch.randn(max(rows, cols), min(rows, cols), generator=gen))
+        return q.T.contiguous() if rows <= cols else q.contiguous()
+    if init == "gaussian":
+        return torch.randn(rows, cols, generator=gen) / math.sqrt(cols)
+    if init == "kaiming":  # nn.init.kaiming_uniform_(a=sqrt(5)) on a rows x cols weight: U(±1/sqrt(cols))
+        bound = 1.0 / math.sqrt(cols)
+        return torch.rand(rows, cols, generator=gen) * (2 * bound) - bound
+    raise ValueError(f"unknown init {init!r}")
+
+
+class ABGenerator(nn.Module):
+    """The one trainable linear map of a CondLoRA module type, shared by all its layers."""
+
+    def __init__(self, d_in: int, d_out: int, r: int, form: str, train_a: bool = True,
+                 init_a: str = "orthogonal", seed: int = 0, name: str = "",
+                 dtype: torch.dtype | None = None, device: torch.device | None = None) -> None:
+        super().__init__()
+        if form not in ("paper", "general"):
+            raise ValueError(f"form must be 'paper' or 'general', got {form!r}")
+        if form == "paper" and d_in != d_out:
+            raise ValueError(f"the paper form needs a square weight, got d_out={d_out}, d_in={d_in}")
+        self.d_in, self.d_out, self.r, self.form = d_in, d_out, r, form
+        a_cols = d_in if form == "paper" else d_out
+        theta_a = draw_matrix(r, a_cols, init_a if not train_a else "kaiming", module_seed(seed, name))
+        theta_b = torch.zeros((r, d_in) if form == "paper" else (d_in, r))
+        self.theta_A = nn.Parameter(theta_a.to(device=device, dtype=dtype), requires_grad=train_a)
+        self.theta_B = nn.Parameter(theta_b.to(device=device, dtype=dtype))
+
+    def generate(self, w0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A (r × d_in) and B (d_out × r) of the layer whose frozen weight is `w0` (d_out × d_in)."""
+        if self.form == "paper":
+            return self.theta_A @ w0.T, w0 @ self.theta_B.T
+        return self.theta_A @ w0, w0 @ self.theta_B
+
+    def extra_repr(self) -> str:
+        return f"d_in={self.d_in}, d_out={self.d_out}, r={self.r}, form={self.form}"
+
+
+class AdapterLayer(nn.Module):
+    """Common part of the adapter layers: base call, dropout, scaling, merge and unmerge."""
+
+    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float) -> None:
+        super().__init__()
+        if not isinstance(base, SUPPORTED_TYPES):
+            raise TypeError(f"cannot adapt {type(base).__name__}; supported: nn.Linear, Conv1D")
+        self.base = base
+        self.r = r
+        self.scaling = alpha / r
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
+        self.merged = False
+        self.register_buffer("_w0", None, persistent=False)
+
+    @property
+    def d_out(self) -> int:
+        """Output features of the base layer."""
+        return base_weight(self.base).shape[0]
+
+    @property
+    def d_in(self) -> int:
+        """Input features of the base layer."""
+        return base_weight(self.base).shape[1]
+
+    def w0(self) -> torch.Tensor:
+        """The frozen base weight W0 (d_out × d_in), also while merged."""
+        if self.merged:
+            return self._w0.T if isinstance(self.base, Conv1D) else self._w0
+        return base_weight(self.base)
+
+    def lora_AB(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This layer's A (r × d_in) and B (d_out × r)."""
+        raise NotImplementedError
+
+    def delta_weight(self) -> torch.Tensor:
+        """ΔW = (alpha / r) · B · A in torch layout (d_out × d_in)."""
+        a, b = self.lora_AB()
+        return (b @ a) * self.scaling
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Add ΔW into the base weight; a second call does nothing. W0 is kept for `unmerge`."""
+        if self.merged:
+            return
+        delta = self.delta_weight().to(self.base.weight.dtype)
+        self._w0 = self.base.weight.detach().clone()
+        self.base.weight.add_(delta.T if isinstance(self.base, Conv1D) else delta)
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Restore the exact W0 kept by `merge`; a call while unmerged does nothing."""
+        if not self.merged:
+            return
+        self.base.weight.copy_(self._w0)
+        self._w0 = None
+        self.merged = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """y = base(x) + (alpha / r) · B · A · dropout(x), or base(x) alone while merged."""
+        y = self.base(x)
+        if self.merged:
+            return y
+        a, b = self.lora_AB()
+        h = x if self.dropout is None else self.dropout(x)
+        return y + F.linear(F.linear(h.to(a.dtype), a), b * self.scaling).to(y.dtype)
+
+    def extra_repr(self) -> str:
+        return f"r={self.r}, scaling={self.scaling:g}, merged={self.merged}"
+
+
+class LoRALinear(AdapterLayer):
+    """LoRA (Hu et al. 2022): own A (kaiming, or a frozen seeded draw) and B (zeros)."""
+
+    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0,
+                 train_a: bool = True, init_a: str = "orthogonal", seed: int = 0, name: str = "") -> None:
+        super().__init__(base, r, alpha, dropout)
+        w = base_weight(base)
+        a = draw_matrix(r, w.shape[1], init_a if not train_a else "kaiming", module_seed(seed, name))
+        self.lora_A = nn.Parameter(a.to(device=w.device, dtype=w.dtype), requires_grad=train_a)
+        self.lora_B = nn.Parameter(torch.zeros(w.shape[0], r, device=w.device, dtype=w.dtype))
+
+    def lora_AB(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This layer's own A and B."""
+        return self.lora_A, self.lora_B
+
+
+class CondLoRALinear(AdapterLayer):
+    """CondLoRA (Kim et al. 2024): A and B generated from W0 by the module type's shared generator.
+
+    The generator is held by reference (not a submodule), so it is stored and reduced once at model level.
+    In eval mode with gradients off, the generated A and B are cached until W0 or Θ change.
+    """
+
+    def __init__(self, base: nn.Module, generator: ABGenerator, r: int, alpha: float,
+                 dropout: float = 0.0) -> None:
+        super().__init__(base, r, alpha, dropout)
+        object.__setattr__(self, "generator", generator)
+        self._cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def _cache_key(self, w0: torch.Tensor) -> tuple:
+        ta, tb = self.generator.theta_A, self.generator.theta_B
+        return (ta._version, tb._version, ta.data_ptr(), tb.data_ptr(), w0._version, w0.data_ptr(),
+                ta.dtype, ta.device)
+
+    def lora_AB(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A and B generated from this layer's W0 (cached in eval mode when gradients are off)."""
+        w0 = self.w0()
+        if self.training or torch.is_grad_enabled():
+            self._cache = None
+            return self.generator.generate(w0)
+        key = self._cache_key(w0)
+        if self._cache is None or self._cache[0] != key:
+            with torch.no_grad():
+                self._cache = (key, self.generator.generate(w0))
+        return self._cache[1]
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", form={self.generator.form}"

@@ -1,0 +1,85 @@
+"""Tiny random models built from configs (no downloads) shared by the tests."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def tiny_bert(num_labels: int = 2, seed: int = 0):
+    """A 2-layer, width-32 BERT classifier."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64, num_labels=num_labels)
+    return BertForSequenceClassification(cfg).eval()
+
+
+def tiny_roberta(seed: int = 0):
+    """A 2-layer, width-32 RoBERTa classifier."""
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = RobertaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=70, num_labels=3)
+    return RobertaForSequenceClassification(cfg).eval()
+
+
+def tiny_distilbert(seed: int = 0):
+    """A 2-layer, width-32 DistilBERT classifier."""
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = DistilBertConfig(vocab_size=100, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+                           max_position_embeddings=64)
+    return DistilBertForSequenceClassification(cfg).eval()
+
+
+def tiny_gpt2(seed: int = 0):
+    """A 2-layer, width-32 GPT-2 LM (Conv1D layers)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=2, n_positions=64,
+                     bos_token_id=0, eos_token_id=0)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def tiny_llama(seed: int = 0):
+    """A 2-layer, width-32 LLaMA LM with grouped-query attention (rectangular k/v)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    return LlamaForCausalLM(cfg).eval()
+
+
+MODELS = {
+    "bert": (tiny_bert, ["query", "value"]),
+    "roberta": (tiny_roberta, ["query", "value"]),
+    "distilbert": (tiny_distilbert, ["q_lin", "v_lin"]),
+    "gpt2": (tiny_gpt2, ["c_attn", "attn.c_proj", "mlp.c_proj"]),
+    "llama": (tiny_llama, ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]),
+}
+
+
+def logits(model, ids):
+    """Logits of `model` on token ids (no grad)."""
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.fixture
+def ids():
+    """A fixed batch of token ids."""
+    g = torch.Generator().manual_seed(123)
+    return torch.randint(1, 100, (3, 12), generator=g)
