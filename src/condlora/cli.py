@@ -1,0 +1,54 @@
+"""The `condlora` command: maps subcommands to typed functions in their own modules.
+
+Each command module exposes `add_arguments(parser)` and `main(args) -> int`. Errors caused by the
+user (`CondLoRAError`) print one line and exit with code 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+from .errors import CondLoRAError
+
+COMMANDS = {
+    "train": ("condlora.train_cli", "fine-tune one model on one GLUE task (LoRA, CondLoRA, ...)"),
+    "study": ("condlora.study", "the paper's study: LR search, seeds, paired t-test, Tables 2 and 4"),
+    "analyze": ("condlora.analyze", "conversion matrices, subspace similarity heatmaps and Table 3"),
+    "bench": ("condlora.bench", "training/inference speed and memory against real PEFT LoRA"),
+    "export": ("condlora.export_cli", "write a condlora adapter as a plain PEFT LoRA adapter"),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; only `command`'s own arguments are built (keeps `-h` fast)."""
+    parser = argparse.ArgumentParser(
+        prog="condlora", description="CondLoRA: a single linear layer yields task-adapted low-rank matrices.")
+    parser.add_argument("--version", action="version", version=f"condlora {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == command:
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    try:
+        parser = build_parser(command if command in COMMANDS else None)
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        return int(importlib.import_module(COMMANDS[args.command][0]).main(args) or 0)
+    except CondLoRAError as e:
+        print(f"condlora {command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

