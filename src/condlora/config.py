@@ -77,14 +77,34 @@ class AdapterConfig:
         if self.layers is not None:
             if isinstance(self.layers, int):
                 self.layers = [self.layers]
-            if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.layers):
+            if not isinstance(self.layers, list | tuple) or not all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.layers
+            ):
                 raise ConfigError(f"layers must be a list of non-negative integers, got {self.layers!r}")
             self.layers = sorted(set(self.layers))
+        self._check_recorded()
         if self.format_version > FORMAT_VERSION:
             raise ConfigError(
                 f"format_version {self.format_version} is newer than this library understands "
                 f"({FORMAT_VERSION}); upgrade condlora"
             )
+
+    def _check_recorded(self) -> None:
+        """Type checks of the fields that apply_adapter / save_adapter fill in."""
+        if isinstance(self.format_version, bool) or not isinstance(self.format_version, int):
+            raise ConfigError(f"format_version must be an integer, got {self.format_version!r}")
+        for name in ("base_model_name_or_path", "library_version"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name} must be a string, got {getattr(self, name)!r}")
+        if self.module_types is not None and not (
+            isinstance(self.module_types, dict) and all(isinstance(v, dict) for v in self.module_types.values())
+        ):
+            raise ConfigError(f"module_types must map module types to objects, got {self.module_types!r}")
+        fp = self.fingerprint
+        if fp is not None and not (isinstance(fp, dict) and all(
+            isinstance(v, list) and len(v) == 2 and all(isinstance(d, int) and d > 0 for d in v) for v in fp.values()
+        )):
+            raise ConfigError(f"fingerprint must map module names to [d_out, d_in], got {fp!r}")
 
     def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
         value = getattr(self, name)
