@@ -224,16 +224,29 @@ def _base_loader(model: str, num_labels: int | None):
     return base
 
 
+@torch.no_grad()
+def _read_adapters(args: argparse.Namespace) -> tuple[AdapterMatrices, AdapterMatrices | None]:
+    """The --adapter and --compare matrices; --quiet also silences transformers' weight-loading bar."""
+    from transformers.utils import logging
+
+    bar_was_on = logging.is_progress_bar_enabled()
+    if args.quiet:
+        logging.disable_progress_bar()
+    try:
+        base = _base_loader(args.model, args.num_labels)
+        return read_adapter(args.adapter, base), (read_adapter(args.compare, base) if args.compare else None)
+    finally:
+        if bar_was_on:
+            logging.enable_progress_bar()
+
+
 def main(args: argparse.Namespace) -> int:
     """Read the adapter(s), compute every analysis, write the files and print a summary."""
     for flag in ("i", "j"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise CondLoRAError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
     start, out = time.perf_counter(), Path(args.output_dir)
-    base = _base_loader(args.model, args.num_labels)
-    with torch.no_grad():
-        adapter = read_adapter(args.adapter, base)
-        other = read_adapter(args.compare, base) if args.compare else None
+    adapter, other = _read_adapters(args)
     shorts = short_names(list(adapter.types))
     summary = {"model": args.model, "adapter": str(args.adapter), "adapter_kind": adapter.kind, "seed": args.seed,
                "compare": None, "module_types": {}}
