@@ -103,6 +103,14 @@ def test_random_baseline_through_the_pipeline():
     assert mean_off_diagonal(similarity_matrix([c.to_B for c in convs], 8)) < 0.05
 
 
+def test_random_adapter_on_an_anisotropic_w0_is_not_a_random_baseline():
+    w0 = well_conditioned(64, 64) @ torch.diag(torch.logspace(0, -6, 64, dtype=torch.float64))
+    real = random_conversions(64, 64, 4, 3, seed=1, w0s=[w0] * 3)  # W0⁻¹ favours W0's weakest directions
+    fake = random_conversions(64, 64, 4, 3, seed=1)
+    assert mean_off_diagonal(similarity_matrix([c.to_A for c in real], 4)) > 0.4
+    assert mean_off_diagonal(similarity_matrix([c.to_A for c in fake], 4)) < 0.15  # about r / d = 0.06
+
+
 def test_mean_off_diagonal():
     phi = torch.tensor([[1.0, 0.2, 0.4], [0.2, 1.0, 0.6], [0.4, 0.6, 1.0]])
     assert mean_off_diagonal(phi) == pytest.approx(0.4)

@@ -182,16 +182,19 @@ def conversion_matrices(w0: torch.Tensor, a: torch.Tensor, b: torch.Tensor, form
                       residual_A=_residual(m_a, to_a, a64.T), residual_B=_residual(w, to_b, b64))
 
 
-def random_conversions(d_out: int, d_in: int, r: int, n: int, seed: int = 0,
-                       form: str = "auto") -> list[Conversion]:
+def random_conversions(d_out: int, d_in: int, r: int, n: int, seed: int = 0, form: str = "auto",
+                       w0s: list[torch.Tensor] | None = None) -> list[Conversion]:
     """Conversion matrices of n layers whose W0 (d_out × d_in), A (r × d_in), B (d_out × r) are N(0, 1).
 
-    The random baseline: compare `similarity_matrix` of these with that of a trained adapter.
+    The random baseline: compare `similarity_matrix` of these with that of a trained adapter. With `w0s`
+    (n real weights of shape d_out × d_in) only A and B are drawn: the baseline of an untrained, random
+    adapter on this very model, which keeps whatever structure W0⁻¹ alone puts into the conversions.
     """
     gen = torch.Generator().manual_seed(seed)
     out = []
-    for _ in range(n):
-        w0, a, b = (torch.randn(*shape, generator=gen, dtype=torch.float64)
-                    for shape in ((d_out, d_in), (r, d_in), (d_out, r)))
+    for k in range(n):
+        w0 = torch.randn(d_out, d_in, generator=gen, dtype=torch.float64) if w0s is None else w0s[k]
+        a = torch.randn(r, d_in, generator=gen, dtype=torch.float64)
+        b = torch.randn(d_out, r, generator=gen, dtype=torch.float64)
         out.append(conversion_matrices(w0, a, b, form))
     return out

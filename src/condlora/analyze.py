@@ -35,7 +35,8 @@ from .fileio import atomic_write, write_json, write_text
 from .inject import generator_key
 from .models import ALIASES_HELP, load_classifier
 
-KINDS = {"A": "W0→A", "B": "W0→B", "random_A": "random W0→A", "random_B": "random W0→B"}
+KINDS = {"A": "W0→A", "B": "W0→B", "random_A": "W0→A, random W0, A, B", "random_B": "W0→B, random W0, A, B",
+         "random_adapter_A": "W0→A, real W0, random A, B", "random_adapter_B": "W0→B, real W0, random A, B"}
 TABLE3 = (("A", "A"), ("B", "B"), ("dW", "ΔW"))
 
 
@@ -65,8 +66,19 @@ def _nan_to_none(x: float) -> float | None:
     return None if math.isnan(x) else x
 
 
+def random_phi(d_out: int, d_in: int, r: int, n: int, i: int, j: int, form: str, seed: int,
+               cache: dict) -> dict[str, torch.Tensor]:
+    """φ matrices of W0→A and W0→B for n random Gaussian layers; module types of one shape share them."""
+    key = (d_out, d_in, r, n, i, j, form, seed)
+    if key not in cache:
+        rand = random_conversions(d_out, d_in, r, n, seed, form=form)
+        cache[key] = {"random_A": similarity_matrix([c.to_A for c in rand], i, j, "left"),
+                      "random_B": similarity_matrix([c.to_B for c in rand], i, j, "left")}
+    return cache[key]
+
+
 def analyze_module_type(layers: list[LayerMatrices], i: int | None, j: int | None, form: str, seed: int,
-                        bar: tqdm) -> dict:
+                        bar: tqdm, cache: dict) -> dict:
     """φ matrices of W0→A and W0→B across `layers` and of the random baseline, with conditioning facts."""
     convs, ill = [], []
     for m in layers:
@@ -77,14 +89,15 @@ def analyze_module_type(layers: list[LayerMatrices], i: int | None, j: int | Non
         bar.update()
     (d_out, d_in), r = layers[0].w0.shape, _rank(layers)
     i, j = i or r, j or r
-    rand = random_conversions(d_out, d_in, r, len(layers), seed, form=convs[0].form)
     names = [m.name for m in layers]
     phi = {
         "A": similarity_matrix([c.to_A for c in convs], i, j, "left", [f"W0→A of {n}" for n in names]),
         "B": similarity_matrix([c.to_B for c in convs], i, j, "left", [f"W0→B of {n}" for n in names]),
-        "random_A": similarity_matrix([c.to_A for c in rand], i, j, "left"),
-        "random_B": similarity_matrix([c.to_B for c in rand], i, j, "left"),
+        **random_phi(d_out, d_in, r, len(layers), i, j, convs[0].form, seed, cache),
     }
+    real_w0 = random_conversions(d_out, d_in, r, len(layers), seed, convs[0].form, w0s=[m.w0 for m in layers])
+    phi["random_adapter_A"] = similarity_matrix([c.to_A for c in real_w0], i, j, "left")
+    phi["random_adapter_B"] = similarity_matrix([c.to_B for c in real_w0], i, j, "left")
     bar.update(len(layers))
     return {
         "layers": [m.index for m in layers], "names": names, "shape": [d_out, d_in], "r": r, "i": i, "j": j,
@@ -150,7 +163,7 @@ def heatmap(path: Path, phi: list[list[float]], labels: list[int], title: str) -
 
 
 def write_module_type(out: Path, type_name: str, short: str, result: dict) -> list[str]:
-    """`<key>.json`, `<key>.csv` (long form) and four heatmaps; returns the file names written."""
+    """`<key>.json`, `<key>.csv` (long form) and one heatmap per kind; returns the file names written."""
     key = generator_key(type_name)
     write_json(out / f"{key}.json", {"module_type": type_name, **result})
     lines = ["matrix,layer_a,layer_b,phi"]
@@ -250,11 +263,11 @@ def main(args: argparse.Namespace) -> int:
     shorts = short_names(list(adapter.types))
     summary = {"model": args.model, "adapter": str(args.adapter), "adapter_kind": adapter.kind, "seed": args.seed,
                "compare": None, "module_types": {}}
-    total = 2 * sum(len(v) for v in adapter.types.values())
+    total, random_cache = 2 * sum(len(v) for v in adapter.types.values()), {}
     with tqdm(total=total, desc="analyze", unit="layer", disable=args.quiet) as bar, torch.no_grad():
         for type_name, layers in adapter.types.items():
             form = adapter.forms.get(type_name, "auto") if args.form == "auto" else args.form
-            result = analyze_module_type(layers, args.i, args.j, form, args.seed, bar)
+            result = analyze_module_type(layers, args.i, args.j, form, args.seed, bar, random_cache)
             files = write_module_type(out, type_name, shorts[type_name], result)
             summary["module_types"][type_name] = {
                 "files": files, "mean_off_diagonal": result["mean_off_diagonal"], "form": result["form"],
@@ -273,8 +286,9 @@ def main(args: argparse.Namespace) -> int:
 def _print_summary(summary: dict, out: Path) -> None:
     for type_name, s in summary["module_types"].items():
         m = {k: ("n/a" if v is None else f"{v:.3f}") for k, v in s["mean_off_diagonal"].items()}
-        print(f"{type_name}: mean off-diagonal φ  W0→A {m['A']} (random {m['random_A']})  "
-              f"W0→B {m['B']} (random {m['random_B']})")
+        print(f"{type_name}: mean off-diagonal φ (random matrices; random A, B on this W0)\n"
+              f"  W0→A {m['A']} ({m['random_A']}; {m['random_adapter_A']})  "
+              f"W0→B {m['B']} ({m['random_B']}; {m['random_adapter_B']})")
         if s["ill_conditioned"]:
             print(f"  warning: W0 too ill-conditioned for meaningful conversion matrices in "
                   f"{', '.join(s['ill_conditioned'])} (max cond {s['max_cond']:.3g})")
