@@ -55,6 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random Gaussian baseline")
     p.add_argument("--num-labels", type=int, default=None, help="classifier outputs of the base model "
                    "(default: read from a condlora adapter's saved head)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads for the linear algebra (default 1: many small SVDs and solves run best on one "
+                        "thread and avoid OpenMP slow-downs on a busy machine)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -255,9 +258,21 @@ def _read_adapters(args: argparse.Namespace) -> tuple[AdapterMatrices, AdapterMa
 
 def main(args: argparse.Namespace) -> int:
     """Read the adapter(s), compute every analysis, write the files and print a summary."""
-    for flag in ("i", "j"):
+    for flag in ("i", "j", "threads"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise CondLoRAError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        summary = run_analysis(args)
+    finally:
+        torch.set_num_threads(threads)
+    _print_summary(summary, Path(args.output_dir))
+    return 0
+
+
+def run_analysis(args: argparse.Namespace) -> dict:
+    """Every analysis `args` asks for; writes all files and returns the summary (also in summary.json)."""
     start, out = time.perf_counter(), Path(args.output_dir)
     adapter, other = _read_adapters(args)
     shorts = short_names(list(adapter.types))
@@ -279,8 +294,7 @@ def main(args: argparse.Namespace) -> int:
                                   "files": ["table3.md", "table3.csv", "table3.png"]}
     summary["seconds"] = round(time.perf_counter() - start, 2)
     write_json(out / "summary.json", summary)
-    _print_summary(summary, out)
-    return 0
+    return summary
 
 
 def _print_summary(summary: dict, out: Path) -> None:
