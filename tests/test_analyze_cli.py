@@ -116,10 +116,12 @@ def test_compare_writes_table3_with_one_row_per_layer(tmp_path, base_dir, ids, c
     with open(out / "table3.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["layer"] for r in rows] == ["0", "1"]
-    assert list(rows[0]) == ["layer"] + [f"{m}_{k}" for m in ("query", "value") for k in ("A", "B", "dW")]
+    main_cols = [f"{m}_{k}" for m in ("query", "value") for k in ("A", "B", "dW")]
+    assert list(rows[0]) == ["layer", *main_cols, *(f"{c}_random" for c in main_cols)]
     assert all(0 <= float(v) <= 1 for r in rows for k, v in r.items() if k != "layer")
     md = (out / "table3.md").read_text().splitlines()
-    assert md[2].startswith("| layer | query A | query B | query ΔW") and md[-1].startswith("| mean |")
+    assert md[2].startswith("| layer | query A | query B | query ΔW") and md[-2].startswith("| mean |")
+    assert len(md) == 4 + 2 + 2 and md[-1].startswith("| random |")
     assert (out / "table3.png").stat().st_size > 2000
     # φ of B for layer 0 by hand
     b_peft = load_file(lora / "adapter_model.safetensors")[

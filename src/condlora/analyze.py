@@ -111,21 +111,28 @@ def analyze_module_type(layers: list[LayerMatrices], i: int | None, j: int | Non
     }
 
 
-def compare_adapters(x: AdapterMatrices, y: AdapterMatrices) -> list[dict]:
-    """Per shared layer: φ of A (right vectors), B and ΔW = B·A (left vectors) at i = r_x, j = r_y."""
-    rows = []
+def compare_adapters(x: AdapterMatrices, y: AdapterMatrices, seed: int = 0) -> list[dict]:
+    """Per shared layer: φ of A (right vectors), B and ΔW = B·A (left vectors) at i = r_x, j = r_y.
+
+    Each row also holds `<kind>_random`: φ between x's matrix and a Gaussian matrix of y's shape.
+    """
+    gen, rows = torch.Generator().manual_seed(seed), []
     for type_name, layers in x.types.items():
         for mx in layers:
             my = y.layer(mx.name)
             if my is None:
                 continue
             rx, ry = mx.a.shape[0], my.a.shape[0]
+            ra, rb = torch.randn(my.a.shape, generator=gen), torch.randn(my.b.shape, generator=gen)
+            dx = product_left_vectors(mx.b, mx.a, rx, f"ΔW of {mx.name} ({x.path})")
             rows.append({
                 "module_type": type_name, "layer": mx.index, "name": mx.name,
                 "A": subspace_similarity(mx.a, my.a, rx, ry, "right"),
                 "B": subspace_similarity(mx.b, my.b, rx, ry, "left"),
-                "dW": basis_similarity(product_left_vectors(mx.b, mx.a, rx, f"ΔW of {mx.name} ({x.path})"),
-                                       product_left_vectors(my.b, my.a, ry, f"ΔW of {my.name} ({y.path})")),
+                "dW": basis_similarity(dx, product_left_vectors(my.b, my.a, ry, f"ΔW of {my.name} ({y.path})")),
+                "A_random": subspace_similarity(mx.a, ra, rx, ry, "right"),
+                "B_random": subspace_similarity(mx.b, rb, rx, ry, "left"),
+                "dW_random": basis_similarity(dx, product_left_vectors(rb, ra, ry)),
             })
     if not rows:
         raise CondLoRAError(f"{x.path} and {y.path} adapt no module in common; nothing to compare")
@@ -184,26 +191,28 @@ def write_module_type(out: Path, type_name: str, short: str, result: dict) -> li
     return files
 
 
-def write_table3(out: Path, rows: list[dict], x_path: str, y_path: str) -> dict[str, float]:
-    """table3.md, table3.csv (one row per layer) and table3.png; returns the column means."""
+def write_table3(out: Path, rows: list[dict], x_path: str, y_path: str) -> dict[str, dict[str, float]]:
+    """table3.md, table3.csv (one row per layer) and table3.png; returns the column means and random means."""
     shorts = short_names(list(dict.fromkeys(r["module_type"] for r in rows)))
-    cells = {(r["module_type"], r["layer"], k): r[k] for r in rows for k, _ in TABLE3}
+    cells = {(r["module_type"], r["layer"], k): v for r in rows for k, v in r.items()}
     layers = sorted({r["layer"] for r in rows})
-    columns = {f"{s}_{k}": (f"{s} {label}", [cells.get((t, layer, k)) for layer in layers])
-               for t, s in shorts.items() for k, label in TABLE3}
+    columns = {f"{s}_{k}{rand}": (f"{s} {label}", [cells.get((t, layer, k + rand)) for layer in layers])
+               for rand in ("", "_random") for t, s in shorts.items() for k, label in TABLE3}
     means = {c: _mean(vals) for c, (_, vals) in columns.items()}
+    main = [c for c in columns if not c.endswith("_random")]
     fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
     csv = ["layer," + ",".join(columns)]
     csv += [f"{layer}," + ",".join(fmt(vals[n]) for _, vals in columns.values()) for n, layer in enumerate(layers)]
     write_text(out / "table3.csv", "\n".join(csv) + "\n")
     md = [f"φ between `{x_path}` and `{y_path}` (A: right singular vectors; B, ΔW: left; i = j = r)", "",
-          "| layer | " + " | ".join(title for title, _ in columns.values()) + " |", "|---" * (len(columns) + 1) + "|"]
-    md += [f"| {layer} | " + " | ".join(fmt(vals[n]) for _, vals in columns.values()) + " |"
-           for n, layer in enumerate(layers)]
-    md.append("| mean | " + " | ".join(fmt(means[c]) for c in columns) + " |")
+          "| layer | " + " | ".join(columns[c][0] for c in main) + " |", "|---" * (len(main) + 1) + "|"]
+    md += [f"| {layer} | " + " | ".join(fmt(columns[c][1][n]) for c in main) + " |" for n, layer in enumerate(layers)]
+    md.append("| mean | " + " | ".join(fmt(means[c]) for c in main) + " |")
+    md.append("| random | " + " | ".join(fmt(means[c + "_random"]) for c in main) + " |")
     write_text(out / "table3.md", "\n".join(md) + "\n")
-    _line_plot(out / "table3.png", layers, columns)
-    return means
+    random_mean = _mean([means[c + "_random"] for c in main])
+    _line_plot(out / "table3.png", layers, {c: columns[c] for c in main}, random_mean)
+    return {"mean": {c: means[c] for c in main}, "random_mean": {c: means[c + "_random"] for c in main}}
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -211,7 +220,8 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(present) / len(present) if present else None
 
 
-def _line_plot(path: Path, layers: list[int], columns: dict[str, tuple[str, list[float | None]]]) -> None:
+def _line_plot(path: Path, layers: list[int], columns: dict[str, tuple[str, list[float | None]]],
+               random_mean: float | None) -> None:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4))
@@ -219,6 +229,8 @@ def _line_plot(path: Path, layers: list[int], columns: dict[str, tuple[str, list
     for title, vals in columns.values():
         pts = [(layer, v) for layer, v in zip(layers, vals, strict=True) if v is not None]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=title)
+    if random_mean is not None:
+        ax.axhline(random_mean, color="gray", linestyle="--", label=f"random ({random_mean:.3f})")
     ax.set_ylim(0, 1.02)
     ax.set_xticks(layers)
     ax.set_xlabel("layer")
@@ -289,8 +301,9 @@ def run_analysis(args: argparse.Namespace) -> dict:
                 "i": result["i"], "j": result["j"], "max_cond": max(result["cond"]),
                 "ill_conditioned": result["ill_conditioned"]}
         if other is not None:
-            means = write_table3(out, compare_adapters(adapter, other), str(args.adapter), str(args.compare))
-            summary["compare"] = {"adapter": str(args.compare), "kind": other.kind, "mean": means,
+            means = write_table3(out, compare_adapters(adapter, other, args.seed), str(args.adapter),
+                                 str(args.compare))
+            summary["compare"] = {"adapter": str(args.compare), "kind": other.kind, **means,
                                   "files": ["table3.md", "table3.csv", "table3.png"]}
     summary["seconds"] = round(time.perf_counter() - start, 2)
     write_json(out / "summary.json", summary)
