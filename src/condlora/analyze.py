@@ -22,6 +22,7 @@ from .adapter_matrices import AdapterMatrices, LayerMatrices, read_adapter
 from .analysis import (
     FORMS,
     ConditioningWarning,
+    Conversion,
     basis_similarity,
     conversion_matrices,
     mean_off_diagonal,
@@ -69,14 +70,19 @@ def _nan_to_none(x: float) -> float | None:
     return None if math.isnan(x) else x
 
 
+def phi_ab(convs: list[Conversion], i: int, j: int, prefix: str = "",
+           names: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """{prefix + "A": Φ of the W0→A matrices, prefix + "B": Φ of the W0→B matrices} across layers."""
+    return {prefix + k: similarity_matrix([getattr(c, f"to_{k}") for c in convs], i, j, "left",
+                                          [f"W0→{k} of {n}" for n in names] if names else None) for k in "AB"}
+
+
 def random_phi(d_out: int, d_in: int, r: int, n: int, i: int, j: int, form: str, seed: int,
                cache: dict) -> dict[str, torch.Tensor]:
     """φ matrices of W0→A and W0→B for n random Gaussian layers; module types of one shape share them."""
     key = (d_out, d_in, r, n, i, j, form, seed)
     if key not in cache:
-        rand = random_conversions(d_out, d_in, r, n, seed, form=form)
-        cache[key] = {"random_A": similarity_matrix([c.to_A for c in rand], i, j, "left"),
-                      "random_B": similarity_matrix([c.to_B for c in rand], i, j, "left")}
+        cache[key] = phi_ab(random_conversions(d_out, d_in, r, n, seed, form=form), i, j, "random_")
     return cache[key]
 
 
@@ -93,14 +99,10 @@ def analyze_module_type(layers: list[LayerMatrices], i: int | None, j: int | Non
     (d_out, d_in), r = layers[0].w0.shape, _rank(layers)
     i, j = i or r, j or r
     names = [m.name for m in layers]
-    phi = {
-        "A": similarity_matrix([c.to_A for c in convs], i, j, "left", [f"W0→A of {n}" for n in names]),
-        "B": similarity_matrix([c.to_B for c in convs], i, j, "left", [f"W0→B of {n}" for n in names]),
-        **random_phi(d_out, d_in, r, len(layers), i, j, convs[0].form, seed, cache),
-    }
     real_w0 = random_conversions(d_out, d_in, r, len(layers), seed, convs[0].form, w0s=[m.w0 for m in layers])
-    phi["random_adapter_A"] = similarity_matrix([c.to_A for c in real_w0], i, j, "left")
-    phi["random_adapter_B"] = similarity_matrix([c.to_B for c in real_w0], i, j, "left")
+    phi = {**phi_ab(convs, i, j, names=names),
+           **random_phi(d_out, d_in, r, len(layers), i, j, convs[0].form, seed, cache),
+           **phi_ab(real_w0, i, j, "random_adapter_")}
     bar.update(len(layers))
     return {
         "layers": [m.index for m in layers], "names": names, "shape": [d_out, d_in], "r": r, "i": i, "j": j,
