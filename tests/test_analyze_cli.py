@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from condlora import AdapterConfig, apply_adapter, conversion_matrices, save_adapter, subspace_similarity
 from condlora.analysis import similarity_matrix
@@ -175,3 +175,27 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, base_dir, capsys):
     assert "adapter_config.json not found" in capsys.readouterr().err
     assert run("--model", base_dir, "--adapter", trained, "--output-dir", tmp_path / "o4", "--i", "0") == 2
     assert "--i must be a positive integer" in capsys.readouterr().err
+    assert run("--model", base_dir, "--adapter", trained, "--output-dir", trained / "adapter_config.json") == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_bad_peft_weights_and_forced_paper_form_on_rectangular_layers(tmp_path, ids, capsys):
+    base = tmp_path / "gpt2"
+    tiny_gpt2().save_pretrained(base)
+    model = get_peft_model(tiny_gpt2(), LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
+    model.save_pretrained(tmp_path / "peft")
+    capsys.readouterr()
+    assert run("--model", base, "--adapter", tmp_path / "peft", "--output-dir", tmp_path / "o", "--form", "paper") == 2
+    assert "--form paper needs square weights, but transformer.h.0.attn.c_attn is 96x32" in capsys.readouterr().err
+    assert run("--model", base, "--adapter", tmp_path / "peft", "--output-dir", tmp_path / "o") == 0
+    capsys.readouterr()
+    file = tmp_path / "peft" / "adapter_model.safetensors"
+    tensors = load_file(file)
+    next(v for k, v in tensors.items() if "lora_A" in k)[0, 0] = float("nan")
+    save_file(tensors, file)
+    assert run("--model", base, "--adapter", tmp_path / "peft", "--output-dir", tmp_path / "o") == 2
+    assert "must hold finite" in capsys.readouterr().err

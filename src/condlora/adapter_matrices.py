@@ -124,6 +124,8 @@ def read_peft(model: nn.Module, path: str | Path) -> AdapterMatrices:
             raise AdapterLoadError(f"{file}: {name} has lora_{next(iter(ab))} but no partner matrix")
         w0 = base_weight(find_module(model, name, str(file))).detach()
         a, b = ab["A"], ab["B"]
+        if not (a.is_floating_point() and torch.isfinite(a).all() and torch.isfinite(b).all()):
+            raise AdapterLoadError(f"{file}: {name} must hold finite floating-point lora_A / lora_B values")
         if a.shape[1] != w0.shape[1] or b.shape[0] != w0.shape[0] or a.shape[0] != b.shape[1]:
             raise AdapterLoadError(f"{file}: {name} has A {tuple(a.shape)}, B {tuple(b.shape)}, which do not fit "
                                    f"the model's {w0.shape[0]}x{w0.shape[1]} weight")

@@ -89,6 +89,10 @@ def random_phi(d_out: int, d_in: int, r: int, n: int, i: int, j: int, form: str,
 def analyze_module_type(layers: list[LayerMatrices], i: int | None, j: int | None, form: str, seed: int,
                         bar: tqdm, cache: dict) -> dict:
     """φ matrices of W0→A and W0→B across `layers` and of the random baseline, with conditioning facts."""
+    (d_out, d_in), r = layers[0].w0.shape, _rank(layers)
+    if form == "paper" and d_out != d_in:
+        raise CondLoRAError(f"--form paper needs square weights, but {layers[0].name} is {d_out}x{d_in}; "
+                            "use --form general or auto")
     convs, ill = [], []
     for m in layers:
         with warnings.catch_warnings(record=True) as caught:
@@ -96,7 +100,6 @@ def analyze_module_type(layers: list[LayerMatrices], i: int | None, j: int | Non
             convs.append(conversion_matrices(m.w0, m.a, m.b, form))
         ill += [m.name] if any(issubclass(w.category, ConditioningWarning) for w in caught) else []
         bar.update()
-    (d_out, d_in), r = layers[0].w0.shape, _rank(layers)
     i, j = i or r, j or r
     names = [m.name for m in layers]
     real_w0 = random_conversions(d_out, d_in, r, len(layers), seed, convs[0].form, w0s=[m.w0 for m in layers])
@@ -275,6 +278,8 @@ def main(args: argparse.Namespace) -> int:
     for flag in ("i", "j", "threads"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise CondLoRAError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        raise CondLoRAError(f"--output-dir {args.output_dir} exists and is not a folder")
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
