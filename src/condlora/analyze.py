@@ -280,6 +280,10 @@ def main(args: argparse.Namespace) -> int:
             raise CondLoRAError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
     if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
         raise CondLoRAError(f"--output-dir {args.output_dir} exists and is not a folder")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise CondLoRAError("condlora analyze draws with matplotlib: pip install 'condlora[analysis]'") from None
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
