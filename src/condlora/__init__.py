@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from .analysis import conversion_matrices, subspace_similarity  # noqa: E402
 from .config import AdapterConfig  # noqa: E402
 from .errors import AdapterLoadError, CondLoRAError, ConfigError, TargetError  # noqa: E402
 from .inject import (  # noqa: E402
@@ -28,6 +29,7 @@ __all__ = [
     "__version__",
     "adapter_layers",
     "apply_adapter",
+    "conversion_matrices",
     "count_parameters",
     "export_peft_lora",
     "get_config",
@@ -35,5 +37,6 @@ __all__ = [
     "merge_adapter",
     "merge_and_unload",
     "save_adapter",
+    "subspace_similarity",
     "unmerge_adapter",
 ]

@@ -18,14 +18,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="classifier outputs of the base model (default: read from the adapter's head)")
 
 
+def saved_num_labels(adapter: str | Path) -> int:
+    """Classifier outputs of the head saved with a condlora adapter (2 when no head was saved)."""
+    ends = ("classifier.weight", "out_proj.weight", "score.weight")
+    heads = [v for k, v in read_tensors(Path(adapter) / WEIGHTS_NAME).items() if k.endswith(ends)]
+    return heads[-1].shape[0] if heads else 2
+
+
 def main(args: argparse.Namespace) -> int:
     """Load model + adapter, write the PEFT export, print where."""
     cfg = read_config(args.adapter)
-    num_labels = args.num_labels
-    if num_labels is None:
-        ends = ("classifier.weight", "out_proj.weight", "score.weight")
-        heads = [v for k, v in read_tensors(Path(args.adapter) / WEIGHTS_NAME).items() if k.endswith(ends)]
-        num_labels = heads[-1].shape[0] if heads else 2
+    num_labels = args.num_labels if args.num_labels is not None else saved_num_labels(args.adapter)
     model = load_classifier(args.model, num_labels=num_labels)
     load_adapter(model, args.adapter)
     path = export_peft_lora(model, args.output_dir)
