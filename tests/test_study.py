@@ -153,29 +153,55 @@ def run(cfg):
     time.sleep(0.3)
     with open(log, "a") as f:
         f.write(json.dumps({"pid": os.getpid(), "dir": cfg["output_dir"], "lr": cfg["lr"]}) + "\\n")
+    if os.environ.get("CRASH"):
+        os._exit(3)  # a worker killed mid-trial: its trial stays RUNNING in the storage
     return {"val_score": -abs(cfg["lr"] - 3e-4), "seed": cfg["seed"], "lr": cfg["lr"], "method": cfg["method"]}
 
-search_lr("rte", "condlora", {}, 8, db, out, run_fn=run, heartbeat=2, poll_s=0.2)
+search_lr("rte", "condlora", {}, int(sys.argv[4]), db, out, run_fn=run, heartbeat=int(sys.argv[5]), poll_s=0.2)
 """
 
 
-def test_two_workers_share_one_study_without_duplicates_or_losses(tmp_path):
-    import optuna
-
+def start_workers(tmp_path, n_workers: int, n_trials: int, heartbeat: int = 60, **env) -> list[subprocess.Popen]:
+    """`n_workers` processes running WORKER on one SQLite study; each appends its runs to log.jsonl."""
     script, log, db = tmp_path / "worker.py", tmp_path / "log.jsonl", f"sqlite:///{tmp_path / 'shared.db'}"
     script.write_text(textwrap.dedent(WORKER))
-    env = {**os.environ, "PYTHONPATH": SRC}
-    procs = [subprocess.Popen([sys.executable, str(script), str(log), db, str(tmp_path)], env=env,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    cmd = [sys.executable, str(script), str(log), db, str(tmp_path), str(n_trials), str(heartbeat)]
+    env = {**os.environ, "PYTHONPATH": SRC, **env}
+    return [subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True) for _ in range(n_workers)]
+
+
+def load_shared(tmp_path):
+    """(runs logged by the workers, trials of the shared study)."""
+    import optuna
+
+    runs = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    study = optuna.load_study(study_name="condlora-rte-condlora", storage=f"sqlite:///{tmp_path / 'shared.db'}")
+    return runs, study.trials
+
+
+def test_two_workers_share_one_study_without_duplicates_or_losses(tmp_path):
+    procs = start_workers(tmp_path, 2, 8)
     errs = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errs
-    runs = [json.loads(line) for line in log.read_text().splitlines()]
-    study = optuna.load_study(study_name="condlora-rte-condlora", storage=db)
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    runs, trials = load_shared(tmp_path)
+    done = [t for t in trials if t.state.name == "COMPLETE"]
     assert len(runs) == 8 and len({r["dir"] for r in runs}) == 8  # each trial trained exactly once
     assert len(done) == 8 and len({t.number for t in done}) == 8
     assert {r["dir"] for r in runs} == {t.user_attrs["run_dir"] for t in done}
-    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}  # PRUNED: a worker found the budget spent
+
+
+def test_trial_of_a_killed_worker_is_retried(tmp_path):
+    (crashed,) = start_workers(tmp_path, 1, 3, heartbeat=1, CRASH="1")
+    assert crashed.wait(timeout=60) == 3
+    (worker,) = start_workers(tmp_path, 1, 3, heartbeat=1)
+    assert worker.communicate(timeout=120)[1] is not None and worker.returncode == 0
+    runs, trials = load_shared(tmp_path)
+    lost = [t for t in trials if t.state.name == "FAIL"]
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(lost) == 1 and len(done) == 3 and len(runs) == 4
+    retry = [t for t in done if t.system_attrs.get("failed_trial") == lost[0].number]
+    assert len(retry) == 1 and retry[0].params == lost[0].params  # the killed trial's LR, run again
 
 
 def test_paired_ttest_edge_cases():

@@ -144,11 +144,14 @@ def _storage(url: str, heartbeat: int = 60):
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
-    try:
-        return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
-    except Exception as e:  # bad URL, missing driver, unreachable server
-        raise CondLoRAError(f"cannot open Optuna storage {url!r}: {type(e).__name__}: {e}") from None
+    for attempt in range(6):
+        try:
+            return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+        except Exception as e:  # bad URL, missing driver, unreachable server; or workers racing to create tables
+            if type(e).__name__ not in ("OperationalError", "IntegrityError") or attempt == 5:
+                raise CondLoRAError(f"cannot open Optuna storage {url!r}: {type(e).__name__}: {e}") from None
+            time.sleep(0.2 * (attempt + 1))
 
 
 def _open_study(task: str, method: str, base_cfg: dict, storage, seed: int):
@@ -211,11 +214,10 @@ def search_lr(task: str, method: str, base_cfg: dict[str, Any], n_trials: int, s
             progress.update(1)
         return float(result["val_score"])
 
-    remaining = n_trials - len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    if remaining > 0:
-        stop = MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,))
+    stop = MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,))
+    while (remaining := n_trials - len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))) > 0:
         study.optimize(objective, n_trials=remaining, callbacks=[stop])
-    _wait_for_others(study, poll_s)
+        _wait_for_others(study, poll_s)  # their trials may fail (dead worker): then the loop retries them
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not done:
         raise CondLoRAError(f"LR search for {task}/{method} has no completed trial")
