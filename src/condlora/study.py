@@ -47,7 +47,7 @@ PAPER_LR = {
 PRESETS = {"paper": {(t, m): lr for t, lrs in PAPER_LR.items()
                      for m, lr in zip(("lora", "condlora"), lrs, strict=True)}}
 PASS_THROUGH = ("model", "glue_dir", "epochs", "batch_size", "max_length", "max_train_samples",
-                "max_eval_samples", "r", "alpha", "target_modules", "quiet")
+                "max_eval_samples", "r", "alpha", "target_modules")
 RunFn = Callable[[dict[str, Any]], dict[str, Any]]
 
 
@@ -81,7 +81,8 @@ class StudySettings:
     storage: str | None = None  # Optuna RDB URL; default sqlite under output_dir/search
     search_seed: int = 0  # training seed of the search runs and seed of the TPE sampler
     search_only: bool = False
-    quiet: bool = False
+    quiet: bool = False  # no study progress bars
+    run_progress: bool = False  # show each run's own progress bar and summary line
     run_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -105,12 +106,12 @@ class StudySettings:
 
 
 def train_run(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The real runner: `condlora.train.train(TrainConfig(**cfg))`."""
+    """The real runner: `condlora.train.train(TrainConfig(**cfg))`, resuming a run that was interrupted."""
     try:
         from .train import TrainConfig, train
     except ImportError as e:
         raise CondLoRAError(f"condlora.train is not available ({e}); cannot run trainings") from None
-    return train(TrainConfig(**cfg))
+    return train(TrainConfig(**{"resume": True, **cfg}))
 
 
 def run_once(cfg: dict[str, Any], run_fn: RunFn) -> dict[str, Any]:
@@ -160,7 +161,8 @@ def _open_study(task: str, method: str, base_cfg: dict, storage, seed: int):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(storage=storage, study_name=f"condlora-{task}-{method}", direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=seed), load_if_exists=True)
-    fingerprint = json.loads(json.dumps({**base_cfg, "search_seed": seed}, sort_keys=True, default=str))
+    run_args = {k: v for k, v in base_cfg.items() if k != "quiet"}
+    fingerprint = json.loads(json.dumps({**run_args, "search_seed": seed}, sort_keys=True, default=str))
     stored = study.user_attrs.get("run_args")
     if stored is None:
         study.set_user_attr("run_args", fingerprint)
@@ -241,12 +243,13 @@ def run_seeds(task: str, method: str, lr: float, base_cfg: dict[str, Any], seeds
     return results
 
 
-def choose_lr(task: str, method: str, s: StudySettings, run_fn: RunFn, progress=None) -> dict[str, Any]:
+def choose_lr(task: str, method: str, s: StudySettings, base_cfg: dict[str, Any], run_fn: RunFn,
+              progress=None) -> dict[str, Any]:
     """The LR of task x method: searched, from the preset, or fixed (--lr, else the train default)."""
     if s.lr_search:
         storage = s.storage or f"sqlite:///{Path(s.output_dir).resolve() / 'search' / 'optuna.db'}"
         Path(s.output_dir, "search").mkdir(parents=True, exist_ok=True)
-        return search_lr(task, method, s.run_args, s.lr_search, storage, s.output_dir, run_fn,
+        return search_lr(task, method, base_cfg, s.lr_search, storage, s.output_dir, run_fn,
                          seed=s.search_seed, progress=progress)
     if s.lr_preset and (task, method) in PRESETS[s.lr_preset]:
         return {"lr": PRESETS[s.lr_preset][(task, method)], "source": f"preset {s.lr_preset}"}
@@ -273,7 +276,7 @@ def _check_same_study(path: Path, s: StudySettings) -> None:
         return
     old = json.loads(path.read_text(encoding="utf-8")).get("settings", {}).get("run_args", {})
     new = json.loads(json.dumps(s.run_args, default=str))
-    diff = sorted(k for k in set(old) | set(new) if k != "quiet" and old.get(k) != new.get(k))
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if diff:
         raise CondLoRAError(f"{path} was made with other run settings ({', '.join(diff)}); "
                             "use another --output-dir")
@@ -285,15 +288,16 @@ def run_study(s: StudySettings, run_fn: RunFn = train_run) -> dict[str, Any]:
     _check_same_study(out / "study.json", s)
     record: dict[str, Any] = {"settings": asdict(s), "versions": versions(), "lr": {}, "runs": [], "complete": False}
     pairs = [(t, m) for t in s.tasks for m in s.methods]
+    base = {**s.run_args, "quiet": s.quiet or not s.run_progress}
     with _progress(len(pairs) * (s.lr_search or 0), "LR search", s.quiet or not s.lr_search) as bar:
         for t, m in pairs:
-            record["lr"].setdefault(t, {})[m] = choose_lr(t, m, s, run_fn, bar)
+            record["lr"].setdefault(t, {})[m] = choose_lr(t, m, s, base, run_fn, bar)
             write_json(out / "study.json", record)
     if s.search_only:
         return record
     with _progress(len(pairs) * s.seeds, "runs", s.quiet) as bar:
         for t, m in pairs:
-            record["runs"] += run_seeds(t, m, record["lr"][t][m]["lr"], s.run_args, s.seeds, out, run_fn, bar)
+            record["runs"] += run_seeds(t, m, record["lr"][t][m]["lr"], base, s.seeds, out, run_fn, bar)
             write_json(out / "study.json", record)
     record["tables"] = write_tables(record["runs"], s.tasks, s.methods, out,
                                     model=str(s.run_args.get("model", "minilm")), n_seeds=s.seeds)
@@ -331,7 +335,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--r", type=int)
     g.add_argument("--alpha", type=float)
     g.add_argument("--target-modules", help="comma-separated, e.g. query,value")
-    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--run-progress", action="store_true", help="show each run's own progress bar too")
 
 
 def settings_from_args(args: argparse.Namespace) -> StudySettings:
@@ -342,6 +347,7 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
     return StudySettings(tasks=args.tasks, methods=args.methods, output_dir=args.output_dir, seeds=args.seeds,
                          lr_search=args.lr_search, lr_preset=args.lr_preset, lr=args.lr, storage=args.storage,
                          search_seed=args.search_seed, search_only=args.search_only, quiet=args.quiet,
+                         run_progress=args.run_progress,
                          run_args=run_args)
 
 
