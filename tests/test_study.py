@@ -132,6 +132,20 @@ def test_search_picks_the_best_trial(tmp_path):
     assert sorted(t["number"] for t in res["trials"]) == list(range(6))
 
 
+def test_study_with_search_uses_the_best_lr(tmp_path):
+    fake = FakeRun()
+    record = run_study(settings(tmp_path, tasks="rte", lr_preset=None, lr_search=3, seeds=2), run_fn=fake)
+    out = tmp_path / "study"
+    assert len(fake.calls) == 2 * 3 + 2 * 2 and (out / "search" / "optuna.db").exists()
+    for m in ("lora", "condlora"):
+        trials = [c for c in fake.calls if c["method"] == m and "/search/" in c["output_dir"]]
+        seeds = [c for c in fake.calls if c["method"] == m and "/runs/" in c["output_dir"]]
+        best = max(trials, key=lambda c: val_of(c["lr"]))["lr"]
+        assert record["lr"]["rte"][m]["lr"] == best and {c["lr"] for c in seeds} == {best}
+    assert (out / "search.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "study.json").read_text())["lr"]["rte"]["lora"]["source"] == "search"
+
+
 def test_resumed_search_continues(tmp_path):
     db = f"sqlite:///{tmp_path / 'optuna.db'}"
     first, second, third = FakeRun(), FakeRun(), FakeRun()
@@ -206,6 +220,15 @@ def test_trial_of_a_killed_worker_is_retried(tmp_path):
     assert len(retry) == 1 and retry[0].params == lost[0].params  # the killed trial's LR, run again
 
 
+def test_mnli_uses_matched_accuracy():
+    from condlora.tables import collect_scores
+
+    runs = [{"task": "mnli", "method": "lora", "seed": 0, "test_score": 0.80,
+             "test_metrics": {"accuracy": 0.80, "matched_accuracy": 0.81, "mismatched_accuracy": 0.79}},
+            {"task": "rte", "method": "lora", "seed": 0, "test_score": 0.7, "test_metrics": {"accuracy": 0.7}}]
+    assert collect_scores(runs) == {"lora": {"mnli": {0: pytest.approx(81.0)}, "rte": {0: pytest.approx(70.0)}}}
+
+
 def test_paired_ttest_edge_cases():
     assert math.isnan(paired_ttest({0: 1.0}, {0: 2.0})[0])
     assert paired_ttest({0: 1.0, 1: 2.0, 2: 4.0}, {0: 2.0, 2: 5.5, 5: 9.0})[1] == 2  # pairs by seed
@@ -226,6 +249,7 @@ def test_single_seed_prints_na(tmp_path):
     ({"seeds": 0}, "--seeds must be >= 1"),
     ({"lr_search": 0, "lr_preset": None}, "--lr-search must be >= 1"),
     ({"lr_search": 4}, "cannot be combined"),
+    ({"storage": "sqlite:///x.db"}, "only make sense with --lr-search"),
     ({"methods": "lora,full,head"}, "no learning rate for rte/full, rte/head, mrpc/full, mrpc/head"),
 ])
 def test_settings_errors(tmp_path, kw, msg):

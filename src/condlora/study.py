@@ -24,7 +24,7 @@ from typing import Any
 from . import __version__
 from .errors import CondLoRAError, ConfigError
 from .fileio import write_json
-from .tables import METHOD_LABELS, TASK_LABELS, paired_ttest, write_tables
+from .tables import METHOD_LABELS, TASK_LABELS, paired_ttest, plot_search, write_tables
 
 __all__ = ["PAPER_LR", "StudySettings", "add_arguments", "main", "paired_ttest", "run_seeds", "run_study",
            "search_lr", "write_tables"]
@@ -94,6 +94,8 @@ class StudySettings:
             raise ConfigError(f"--lr-search must be >= 1 trial, got {self.lr_search}")
         if self.lr_search is not None and (self.lr_preset or self.lr is not None):
             raise ConfigError("--lr-search cannot be combined with --lr-preset or --lr")
+        if (self.storage or self.search_only) and not self.lr_search:
+            raise ConfigError("--storage and --search-only only make sense with --lr-search N_TRIALS")
         if self.lr is not None and not self.lr > 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
         if self.lr_preset is not None:
@@ -217,6 +219,8 @@ def search_lr(task: str, method: str, base_cfg: dict[str, Any], n_trials: int, s
         return float(result["val_score"])
 
     stop = MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,))
+    if progress is not None:
+        progress.update(min(n_trials, len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))))
     while (remaining := n_trials - len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))) > 0:
         study.optimize(objective, n_trials=remaining, callbacks=[stop])
         _wait_for_others(study, poll_s)  # their trials may fail (dead worker): then the loop retries them
@@ -293,6 +297,8 @@ def run_study(s: StudySettings, run_fn: RunFn = train_run) -> dict[str, Any]:
         for t, m in pairs:
             record["lr"].setdefault(t, {})[m] = choose_lr(t, m, s, base, run_fn, bar)
             write_json(out / "study.json", record)
+    if s.lr_search:
+        plot_search(record["lr"], out / "search.png", LR_RANGE)
     if s.search_only:
         return record
     with _progress(len(pairs) * s.seeds, "runs", s.quiet) as bar:

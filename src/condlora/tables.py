@@ -70,11 +70,18 @@ def seed_averages(by_task: dict[str, dict[int, float]], tasks: list[str]) -> dic
     return {s: _mean([by_task[t][s] for t in tasks]) for s in sorted(common)}
 
 
-def collect_scores(runs: list[dict], key: str = "test_score") -> dict[str, dict[str, dict[int, float]]]:
-    """method -> task -> seed -> `key` x100, from run result dicts."""
+def table_score(result: dict) -> float:
+    """The score a run contributes to Table 2: its test score; MNLI: matched accuracy, as the paper reports."""
+    if result["task"] == "mnli" and "matched_accuracy" in result.get("test_metrics", {}):
+        return float(result["test_metrics"]["matched_accuracy"])
+    return float(result["test_score"])
+
+
+def collect_scores(runs: list[dict]) -> dict[str, dict[str, dict[int, float]]]:
+    """method -> task -> seed -> table score x100, from run result dicts."""
     out: dict[str, dict[str, dict[int, float]]] = {}
     for r in runs:
-        out.setdefault(r["method"], {}).setdefault(r["task"], {})[int(r["seed"])] = 100.0 * float(r[key])
+        out.setdefault(r["method"], {}).setdefault(r["task"], {})[int(r["seed"])] = 100.0 * table_score(r)
     return out
 
 
@@ -230,6 +237,35 @@ def plot_table2(t: Table2, path: str | Path) -> None:
     ax.set_xticks(range(len(cols)), [TASK_LABELS.get(k, "Avg.") for k in cols])
     ax.set_ylabel("score x100 (test = GLUE dev)")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+
+
+def plot_search(lrs: dict[str, dict[str, dict]], path: str | Path,
+                lr_range: tuple[float, float] = (1e-5, 3e-3)) -> None:
+    """Validation score against learning rate of every search trial, one panel per task, written as PNG."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t, by_m in lrs.items() if any("trials" in v for v in by_m.values())]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.0), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for m, v in lrs[task].items():
+            done = [t for t in v.get("trials", []) if t["state"] == "COMPLETE"]
+            dots = ax.scatter([t["lr"] for t in done], [100 * t["val_score"] for t in done], s=14,
+                              label=METHOD_LABELS[m])
+            ax.axvline(v["lr"], color=dots.get_facecolor()[0], lw=0.8, ls="--")
+        ax.set_xscale("log")
+        ax.set_xlim(*lr_range)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_title(f"{TASK_LABELS[task]} (dashed: chosen LR)", fontsize=9)
+        ax.set_xlabel("learning rate")
+    axes[0][0].set_ylabel("validation score x100")
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
