@@ -146,6 +146,23 @@ def test_study_with_search_uses_the_best_lr(tmp_path):
     assert json.loads((out / "study.json").read_text())["lr"]["rte"]["lora"]["source"] == "search"
 
 
+def test_diverged_trials_fail_and_are_replaced(tmp_path):
+    fake = FakeRun()
+
+    def diverges_above_5e4(cfg):
+        if cfg["lr"] > 5e-4:
+            raise FloatingPointError("loss became nan")
+        return fake(cfg)
+
+    db = f"sqlite:///{tmp_path / 'optuna.db'}"
+    res = search_lr("rte", "lora", {}, 5, db, tmp_path, run_fn=diverges_above_5e4, catch=(FloatingPointError,))
+    states = [t["state"] for t in res["trials"]]
+    assert states.count("COMPLETE") == 5 == len(fake.calls) and set(states) <= {"COMPLETE", "FAIL"}
+    assert all(t["lr"] > 5e-4 for t in res["trials"] if t["state"] == "FAIL")
+    with pytest.raises(ZeroDivisionError):  # not in `catch`: the search stops with the error
+        search_lr("rte", "lora", {}, 9, db, tmp_path, run_fn=lambda cfg: 1 / 0, catch=())
+
+
 def test_resumed_search_continues(tmp_path):
     db = f"sqlite:///{tmp_path / 'optuna.db'}"
     first, second, third = FakeRun(), FakeRun(), FakeRun()

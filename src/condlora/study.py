@@ -185,13 +185,37 @@ def _wait_for_others(study, poll_s: float) -> None:
         time.sleep(poll_s)
 
 
+def _diverged_errors() -> tuple[type[Exception], ...]:
+    """Errors that end one search trial (marked failed) instead of the whole search: a diverged training."""
+    try:
+        from .train import TrainingDiverged
+    except ImportError:
+        return ()
+    return (TrainingDiverged,)
+
+
+def _summary(study, task: str, method: str) -> dict[str, Any]:
+    from optuna.trial import TrialState
+
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not done:
+        raise CondLoRAError(f"LR search for {task}/{method} has no completed trial")
+    best = max(done, key=lambda t: (t.value, -t.number))
+    trials = [{"number": t.number, "lr": t.params.get("lr"), "val_score": t.value, "state": t.state.name,
+               **t.user_attrs} for t in study.get_trials(deepcopy=False)]
+    return {"lr": best.params["lr"], "val_score": best.value, "best_trial": best.number, "n_complete": len(done),
+            "source": "search", "study_name": study.study_name, "trials": trials}
+
+
 def search_lr(task: str, method: str, base_cfg: dict[str, Any], n_trials: int, storage: str,
               output_dir: str | Path, run_fn: RunFn = train_run, seed: int = 0, progress=None,
-              heartbeat: int = 60, poll_s: float = 5.0) -> dict[str, Any]:
+              heartbeat: int = 60, poll_s: float = 5.0, catch: tuple[type[Exception], ...] | None = None
+              ) -> dict[str, Any]:
     """Optuna TPE search of the LR (log-uniform 1e-5..3e-3) maximizing the validation score.
 
     Resumable and shareable: the study lives in `storage`; every worker calling this with the same arguments
-    adds trials until `n_trials` are complete in total. Returns the best LR, its score and every trial.
+    adds trials until `n_trials` are complete in total. Trials raising `catch` (default: a diverged training)
+    fail and are replaced. Returns the best LR, its score and every trial.
     """
     import optuna
     from optuna.study import MaxTrialsCallback
@@ -209,8 +233,8 @@ def search_lr(task: str, method: str, base_cfg: dict[str, Any], n_trials: int, s
         lr = trial.suggest_float("lr", *LR_RANGE, log=True)
         cfg = {**base_cfg, "task": task, "method": method, "seed": seed, "lr": lr,
                "output_dir": str(root / f"trial{trial.number}")}
-        result = run_once(cfg, run_fn)
         trial.set_user_attr("run_dir", cfg["output_dir"])
+        result = run_once(cfg, run_fn)
         for key in ("test_score", "examples_per_sec"):
             if key in result:
                 trial.set_user_attr(key, result[key])
@@ -218,20 +242,17 @@ def search_lr(task: str, method: str, base_cfg: dict[str, Any], n_trials: int, s
             progress.update(1)
         return float(result["val_score"])
 
-    stop = MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,))
+    count = lambda *states: len(study.get_trials(deepcopy=False, states=states))  # noqa: E731
     if progress is not None:
-        progress.update(min(n_trials, len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))))
-    while (remaining := n_trials - len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))) > 0:
-        study.optimize(objective, n_trials=remaining, callbacks=[stop])
+        progress.update(min(n_trials, count(TrialState.COMPLETE)))
+    while (remaining := n_trials - count(TrialState.COMPLETE)) > 0:
+        if count(TrialState.FAIL) > 2 * n_trials:
+            raise CondLoRAError(f"LR search for {task}/{method}: {count(TrialState.FAIL)} trials failed; "
+                                "see the run folders under " + str(root))
+        study.optimize(objective, n_trials=remaining, catch=_diverged_errors() if catch is None else catch,
+                       callbacks=[MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,))])
         _wait_for_others(study, poll_s)  # their trials may fail (dead worker): then the loop retries them
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not done:
-        raise CondLoRAError(f"LR search for {task}/{method} has no completed trial")
-    best = max(done, key=lambda t: (t.value, -t.number))
-    trials = [{"number": t.number, "lr": t.params.get("lr"), "val_score": t.value, "state": t.state.name,
-               **t.user_attrs} for t in study.get_trials(deepcopy=False)]
-    return {"lr": best.params["lr"], "val_score": best.value, "best_trial": best.number, "n_complete": len(done),
-            "source": "search", "study_name": study.study_name, "trials": trials}
+    return _summary(study, task, method)
 
 
 def run_seeds(task: str, method: str, lr: float, base_cfg: dict[str, Any], seeds: int, output_dir: str | Path,
