@@ -173,6 +173,7 @@ def test_resumed_search_continues(tmp_path):
     assert [c["output_dir"][-6:] for c in second.calls] == ["trial3", "trial4"]
     assert sorted(t["number"] for t in res["trials"] if t["state"] == "COMPLETE") == list(range(5))
     assert res["lr"] == max(first.calls + second.calls, key=lambda c: val_of(c["lr"]))["lr"]
+    search_lr("mrpc", "condlora", {"glue_dir": "/elsewhere", "quiet": True}, 5, db, tmp_path, run_fn=third)
     with pytest.raises(CondLoRAError, match="other settings"):
         search_lr("mrpc", "condlora", {"epochs": 9}, 5, db, tmp_path, run_fn=third)
 

@@ -48,6 +48,7 @@ PRESETS = {"paper": {(t, m): lr for t, lrs in PAPER_LR.items()
                      for m, lr in zip(("lora", "condlora"), lrs, strict=True)}}
 PASS_THROUGH = ("model", "glue_dir", "epochs", "batch_size", "max_length", "max_train_samples",
                 "max_eval_samples", "r", "alpha", "target_modules")
+NOT_IDENTITY = ("quiet", "glue_dir")  # run arguments that may differ between workers or re-runs of one study
 RunFn = Callable[[dict[str, Any]], dict[str, Any]]
 
 
@@ -163,7 +164,7 @@ def _open_study(task: str, method: str, base_cfg: dict, storage, seed: int):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(storage=storage, study_name=f"condlora-{task}-{method}", direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=seed), load_if_exists=True)
-    run_args = {k: v for k, v in base_cfg.items() if k != "quiet"}
+    run_args = {k: v for k, v in base_cfg.items() if k not in NOT_IDENTITY}
     fingerprint = json.loads(json.dumps({**run_args, "search_seed": seed}, sort_keys=True, default=str))
     stored = study.user_attrs.get("run_args")
     if stored is None:
@@ -280,8 +281,10 @@ def choose_lr(task: str, method: str, s: StudySettings, base_cfg: dict[str, Any]
         return {"lr": PRESETS[s.lr_preset][(task, method)], "source": f"preset {s.lr_preset}"}
     if s.lr is not None:
         return {"lr": s.lr, "source": "--lr"}
-    from .train import TrainConfig
-
+    try:
+        from .train import TrainConfig
+    except ImportError as e:
+        raise CondLoRAError(f"condlora.train is not available ({e}); pass --lr") from None
     return {"lr": TrainConfig.lr, "source": "default (TrainConfig.lr)"}
 
 
@@ -301,7 +304,7 @@ def _check_same_study(path: Path, s: StudySettings) -> None:
         return
     old = json.loads(path.read_text(encoding="utf-8")).get("settings", {}).get("run_args", {})
     new = json.loads(json.dumps(s.run_args, default=str))
-    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    diff = sorted(k for k in set(old) | set(new) if k not in NOT_IDENTITY and old.get(k) != new.get(k))
     if diff:
         raise CondLoRAError(f"{path} was made with other run settings ({', '.join(diff)}); "
                             "use another --output-dir")
@@ -333,8 +336,21 @@ def run_study(s: StudySettings, run_fn: RunFn = train_run) -> dict[str, Any]:
     return record
 
 
+EPILOG = """examples:
+  condlora study --tasks rte,mrpc,stsb,cola --methods lora,condlora --seeds 3 --lr-preset paper \\
+      --model minilm --output-dir runs/study
+  condlora study --lr-search 20 --seeds 5 --output-dir runs/study        # resumable; re-run to continue
+
+several workers on one search (processes or machines; same flags everywhere):
+  condlora study --lr-search 20 --storage postgresql://u:p@host/db --search-only --output-dir DIR   # on each
+  condlora study --lr-search 20 --storage postgresql://u:p@host/db --output-dir DIR   # then seeds + tables
+Together the workers run exactly 20 completed trials per task x method; a killed worker's trial is failed
+after 3 heartbeats (3 min) and retried with the same LR."""
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `condlora study`."""
+    p.epilog, p.formatter_class = EPILOG, argparse.RawDescriptionHelpFormatter
     p.add_argument("--tasks", default="rte,mrpc,stsb,cola", help=f"comma-separated GLUE tasks ({', '.join(TASKS)})")
     p.add_argument("--methods", default="lora,condlora",
                    help=f"comma-separated methods ({', '.join(METHODS)}); Δ and p-values compare with the first")
