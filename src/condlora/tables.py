@@ -171,7 +171,8 @@ def table4_rows(rows: list[Table4Row]) -> list[list[str]]:
     """Table 4 as display rows (header first), with the published values beside ours."""
     base = METHOD_LABELS[rows[0].method]
     out = [["Method", "Trainable params (adapter)", "Head params", "Examples/s (train)",
-            f"Params vs {base}", f"Speed vs {base}", "Params (published)", "Examples/s (published)"]]
+            f"Params vs {base}", f"Speed vs {base}", "Params (published, roberta-base)",
+            "Examples/s (published, roberta-base)"]]
     for r in rows:
         pub_p = PUBLISHED_PARAMS.get(r.method)
         pub_s = PUBLISHED_SPEED.get(r.method)
