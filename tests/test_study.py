@@ -1,0 +1,341 @@
+"""`condlora study`: orchestration with a cheap fake runner (tables by hand, skipping, resumable and shared
+Optuna searches), CLI errors, and one end-to-end study on real training (once condlora.train exists)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from scipy import stats
+
+import condlora
+from condlora import cli
+from condlora.errors import CondLoRAError, ConfigError
+from condlora.study import PAPER_LR, StudySettings, run_once, run_study, search_lr
+from condlora.tables import paired_ttest
+
+SRC = str(Path(condlora.__file__).resolve().parents[1])
+# test scores (fractions) per task x method and seed, chosen so every number below is computable by hand
+TEST = {("rte", "lora"): [0.70, 0.71, 0.68], ("rte", "condlora"): [0.725, 0.71, 0.74],
+        ("mrpc", "lora"): [0.85, 0.86, 0.83], ("mrpc", "condlora"): [0.845, 0.83, 0.86]}
+PARAMS = {"lora": 294_912, "condlora": 24_576}
+SPEED = {"lora": 40.0, "condlora": 44.0}
+
+
+def val_of(lr: float) -> float:
+    """The fake validation score: a smooth bump peaking at lr = 10**-3.5."""
+    return 1.0 - (math.log10(lr) + 3.5) ** 2 / 10
+
+
+class FakeRun:
+    """A deterministic stand-in for condlora.train.train: writes results.json like train does, records calls."""
+
+    def __init__(self):
+        self.calls: list[dict] = []
+
+    def __call__(self, cfg: dict) -> dict:
+        self.calls.append(cfg)
+        task, method, seed = cfg["task"], cfg["method"], cfg["seed"]
+        res = {"task": task, "method": method, "seed": seed, "lr": cfg["lr"], "model": "fake",
+               "metric": "accuracy", "val_score": val_of(cfg["lr"]), "test_score": TEST[task, method][seed % 3],
+               "trainable_params": PARAMS[method], "head_params": 1538 if task == "rte" else 1539,
+               "examples_per_sec": SPEED[method] + seed}
+        Path(cfg["output_dir"]).mkdir(parents=True, exist_ok=True)
+        (Path(cfg["output_dir"]) / "results.json").write_text(json.dumps(res))
+        return res
+
+
+def settings(tmp_path, **kw) -> StudySettings:
+    base = dict(tasks="rte,mrpc", methods="lora,condlora", output_dir=str(tmp_path / "study"), seeds=3,
+                lr_preset="paper", quiet=True, run_args={"model": "fake", "epochs": 1})
+    return StudySettings(**{**base, **kw})
+
+
+def test_tables_match_hand_computation(tmp_path):
+    fake = FakeRun()
+    record = run_study(settings(tmp_path), run_fn=fake)
+    out = tmp_path / "study"
+    assert len(fake.calls) == 12 and record["complete"]
+    assert {(c["task"], c["method"], c["lr"]) for c in fake.calls} == {
+        ("rte", "lora", PAPER_LR["rte"][0]), ("rte", "condlora", PAPER_LR["rte"][1]),
+        ("mrpc", "lora", PAPER_LR["mrpc"][0]), ("mrpc", "condlora", PAPER_LR["mrpc"][1])}
+    assert fake.calls[0]["output_dir"] == str(out / "runs" / "rte" / "lora" / "seed0")
+    assert {k: fake.calls[0][k] for k in ("model", "epochs", "quiet", "seed")} == {
+        "model": "fake", "epochs": 1, "quiet": True, "seed": 0}
+    md = (out / "table2.md").read_text()
+    # RTE LoRA 70, 71, 68: mean 69.67, sample std sqrt(7/3) = 1.53; CondLoRA 72.5, 71, 74: 72.50 ± 1.50
+    assert "| LoRA | 69.67 ± 1.53 | 84.67 ± 1.53 | 77.17 ± 1.53 |" in md
+    assert "| CondLoRA | 72.50 ± 1.50 | 84.50 ± 1.50 | 78.50 ± 1.50 |" in md
+    assert "| Δ CondLoRA − LoRA | +2.83 | -0.17 | +1.33 |" in md
+    assert "| CondLoRA (published, roberta-base, as given in issue #3) |  |  | 83.42 |" in md
+    rows = {(r["kind"], r["method"]): r for r in csv.DictReader((out / "table2.csv").open())}
+    assert float(rows["mean", "lora"]["avg"]) == pytest.approx((69 + 2 / 3 + 84 + 2 / 3) / 2)
+    assert float(rows["delta", "condlora"]["rte"]) == pytest.approx(72.5 - (69 + 2 / 3))
+    for task in ("rte", "mrpc"):
+        want = stats.ttest_rel([100 * x for x in TEST[task, "condlora"]], [100 * x for x in TEST[task, "lora"]])
+        assert float(rows["p_value", "condlora"][task]) == pytest.approx(want.pvalue)
+    avg = [[100 * (TEST["rte", m][s] + TEST["mrpc", m][s]) / 2 for s in range(3)] for m in ("condlora", "lora")]
+    assert float(rows["p_value", "condlora"]["avg"]) == pytest.approx(stats.ttest_rel(*avg).pvalue)
+    t4 = {r["method"]: r for r in csv.DictReader((out / "table4.csv").open())}
+    assert t4["condlora"]["adapter_params"] == "24576" and t4["lora"]["head_params"] == "1538-1539"
+    assert float(t4["lora"]["examples_per_sec"]) == 41.0 and float(t4["condlora"]["examples_per_sec"]) == 45.0
+    assert float(t4["condlora"]["params_ratio"]) == pytest.approx(24_576 / 294_912)
+    assert float(t4["condlora"]["speed_ratio"]) == pytest.approx(45 / 41)
+    t4md = (out / "table4.md").read_text()
+    assert "| CondLoRA | 24,576 | 1,538–1,539 | 45.0 | 0.083 | 1.098 | 24,576 | 40.3 |" in t4md
+    saved = json.loads((out / "study.json").read_text())
+    assert saved["lr"]["rte"]["condlora"] == {"lr": PAPER_LR["rte"][1], "source": "preset paper"}
+    assert len(saved["runs"]) == 12 and saved["settings"]["seeds"] == 3 and "optuna" in saved["versions"]
+    assert (out / "table2.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rerun_skips_finished_runs(tmp_path):
+    run_study(settings(tmp_path), run_fn=FakeRun())
+    again = FakeRun()
+    run_study(settings(tmp_path), run_fn=again)
+    assert again.calls == []
+    (tmp_path / "study" / "runs" / "mrpc" / "condlora" / "seed1" / "results.json").unlink()
+    run_study(settings(tmp_path, seeds=4), run_fn=again)  # the lost run, then seed 3 of every pair
+    assert sorted((c["task"], c["method"], c["seed"]) for c in again.calls) == sorted(
+        [("mrpc", "condlora", 1)] + [(t, m, 3) for t in ("rte", "mrpc") for m in ("lora", "condlora")])
+
+
+def test_finished_run_with_other_lr_is_an_error(tmp_path):
+    cfg = {"task": "rte", "method": "lora", "seed": 0, "lr": 1e-4, "output_dir": str(tmp_path / "run")}
+    FakeRun()(cfg)
+    with pytest.raises(CondLoRAError, match="lr=0.0001, not seed=0, method=lora, lr=0.0002"):
+        run_once({**cfg, "lr": 2e-4}, FakeRun())
+
+
+def test_changed_run_settings_are_an_error(tmp_path):
+    run_study(settings(tmp_path, tasks="rte", seeds=1), run_fn=FakeRun())
+    with pytest.raises(CondLoRAError, match=r"other run settings \(epochs\)"):
+        run_study(settings(tmp_path, tasks="rte", seeds=1, run_args={"model": "fake", "epochs": 2}), FakeRun())
+
+
+def test_search_picks_the_best_trial(tmp_path):
+    fake = FakeRun()
+    db = f"sqlite:///{tmp_path / 'optuna.db'}"
+    res = search_lr("rte", "lora", {"model": "fake"}, 6, db, tmp_path, run_fn=fake, seed=0)
+    assert len(fake.calls) == 6 and res["n_complete"] == 6
+    assert {c["output_dir"] for c in fake.calls} == {str(tmp_path / "search/rte/lora" / f"trial{k}") for k in range(6)}
+    assert all(1e-5 <= c["lr"] <= 3e-3 and c["seed"] == 0 for c in fake.calls)
+    best = max(fake.calls, key=lambda c: val_of(c["lr"]))
+    assert res["lr"] == best["lr"] and res["val_score"] == pytest.approx(val_of(best["lr"]))
+    assert sorted(t["number"] for t in res["trials"]) == list(range(6))
+
+
+def test_study_with_search_uses_the_best_lr(tmp_path):
+    fake = FakeRun()
+    record = run_study(settings(tmp_path, tasks="rte", lr_preset=None, lr_search=3, seeds=2), run_fn=fake)
+    out = tmp_path / "study"
+    assert len(fake.calls) == 2 * 3 + 2 * 2 and (out / "search" / "optuna.db").exists()
+    for m in ("lora", "condlora"):
+        trials = [c for c in fake.calls if c["method"] == m and "/search/" in c["output_dir"]]
+        seeds = [c for c in fake.calls if c["method"] == m and "/runs/" in c["output_dir"]]
+        best = max(trials, key=lambda c: val_of(c["lr"]))["lr"]
+        assert record["lr"]["rte"][m]["lr"] == best and {c["lr"] for c in seeds} == {best}
+    assert (out / "search.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "study.json").read_text())["lr"]["rte"]["lora"]["source"] == "search"
+
+
+def test_diverged_trials_fail_and_are_replaced(tmp_path):
+    fake = FakeRun()
+
+    def diverges_above_5e4(cfg):
+        if cfg["lr"] > 5e-4:
+            raise FloatingPointError("loss became nan")
+        return fake(cfg)
+
+    db = f"sqlite:///{tmp_path / 'optuna.db'}"
+    res = search_lr("rte", "lora", {}, 5, db, tmp_path, run_fn=diverges_above_5e4, catch=(FloatingPointError,))
+    states = [t["state"] for t in res["trials"]]
+    assert states.count("COMPLETE") == 5 == len(fake.calls) and set(states) <= {"COMPLETE", "FAIL"}
+    assert all(t["lr"] > 5e-4 for t in res["trials"] if t["state"] == "FAIL")
+    with pytest.raises(ZeroDivisionError):  # not in `catch`: the search stops with the error
+        search_lr("rte", "lora", {}, 9, db, tmp_path, run_fn=lambda cfg: 1 / 0, catch=())
+
+
+def test_resumed_search_continues(tmp_path):
+    db = f"sqlite:///{tmp_path / 'optuna.db'}"
+    first, second, third = FakeRun(), FakeRun(), FakeRun()
+    search_lr("mrpc", "condlora", {}, 3, db, tmp_path, run_fn=first)
+    res = search_lr("mrpc", "condlora", {}, 5, db, tmp_path, run_fn=second)
+    search_lr("mrpc", "condlora", {}, 5, db, tmp_path, run_fn=third)
+    assert (len(first.calls), len(second.calls), len(third.calls)) == (3, 2, 0)
+    assert [c["output_dir"][-6:] for c in second.calls] == ["trial3", "trial4"]
+    assert sorted(t["number"] for t in res["trials"] if t["state"] == "COMPLETE") == list(range(5))
+    assert res["lr"] == max(first.calls + second.calls, key=lambda c: val_of(c["lr"]))["lr"]
+    search_lr("mrpc", "condlora", {"glue_dir": "/elsewhere", "quiet": True}, 5, db, tmp_path, run_fn=third)
+    with pytest.raises(CondLoRAError, match="other settings"):
+        search_lr("mrpc", "condlora", {"epochs": 9}, 5, db, tmp_path, run_fn=third)
+
+
+WORKER = """
+import json, os, sys, time
+from condlora.study import search_lr
+log, db, out = sys.argv[1:4]
+
+def run(cfg):
+    time.sleep(0.1)
+    with open(log, "a") as f:
+        f.write(json.dumps({"pid": os.getpid(), "dir": cfg["output_dir"], "lr": cfg["lr"]}) + "\\n")
+    if os.environ.get("CRASH"):
+        os._exit(3)  # a worker killed mid-trial: its trial stays RUNNING in the storage
+    return {"val_score": -abs(cfg["lr"] - 3e-4), "seed": cfg["seed"], "lr": cfg["lr"], "method": cfg["method"]}
+
+search_lr("rte", "condlora", {}, int(sys.argv[4]), db, out, run_fn=run, heartbeat=int(sys.argv[5]), poll_s=0.2)
+"""
+
+
+def start_workers(tmp_path, n_workers: int, n_trials: int, heartbeat: int = 60, **env) -> list[subprocess.Popen]:
+    """`n_workers` processes running WORKER on one SQLite study; each appends its runs to log.jsonl."""
+    script, log, db = tmp_path / "worker.py", tmp_path / "log.jsonl", f"sqlite:///{tmp_path / 'shared.db'}"
+    script.write_text(textwrap.dedent(WORKER))
+    cmd = [sys.executable, str(script), str(log), db, str(tmp_path), str(n_trials), str(heartbeat)]
+    env = {**os.environ, "PYTHONPATH": SRC, **env}
+    return [subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True) for _ in range(n_workers)]
+
+
+def load_shared(tmp_path):
+    """(runs logged by the workers, trials of the shared study)."""
+    import optuna
+
+    runs = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    study = optuna.load_study(study_name="condlora-rte-condlora", storage=f"sqlite:///{tmp_path / 'shared.db'}")
+    return runs, study.trials
+
+
+def test_two_workers_share_one_study_without_duplicates_or_losses(tmp_path):
+    procs = start_workers(tmp_path, 2, 8)
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    runs, trials = load_shared(tmp_path)
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(runs) == 8 and len({r["dir"] for r in runs}) == 8  # each trial trained exactly once
+    assert len(done) == 8 and len({t.number for t in done}) == 8
+    assert {r["dir"] for r in runs} == {t.user_attrs["run_dir"] for t in done}
+    assert {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}  # PRUNED: a worker found the budget spent
+
+
+def test_trial_of_a_killed_worker_is_retried(tmp_path):
+    (crashed,) = start_workers(tmp_path, 1, 3, heartbeat=1, CRASH="1")
+    assert crashed.wait(timeout=60) == 3
+    (worker,) = start_workers(tmp_path, 1, 3, heartbeat=1)
+    assert worker.communicate(timeout=120)[1] is not None and worker.returncode == 0
+    runs, trials = load_shared(tmp_path)
+    lost = [t for t in trials if t.state.name == "FAIL"]
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(lost) == 1 and len(done) == 3 and len(runs) == 4
+    retry = [t for t in done if t.system_attrs.get("failed_trial") == lost[0].number]
+    assert len(retry) == 1 and retry[0].params == lost[0].params  # the killed trial's LR, run again
+
+
+def test_mnli_uses_matched_accuracy():
+    from condlora.tables import collect_scores
+
+    runs = [{"task": "mnli", "method": "lora", "seed": 0, "test_score": 0.80,
+             "test_metrics": {"accuracy": 0.80, "matched_accuracy": 0.81, "mismatched_accuracy": 0.79}},
+            {"task": "rte", "method": "lora", "seed": 0, "test_score": 0.7, "test_metrics": {"accuracy": 0.7}}]
+    assert collect_scores(runs) == {"lora": {"mnli": {0: pytest.approx(81.0)}, "rte": {0: pytest.approx(70.0)}}}
+
+
+def test_paired_ttest_edge_cases():
+    assert math.isnan(paired_ttest({0: 1.0}, {0: 2.0})[0])
+    assert paired_ttest({0: 1.0, 1: 2.0, 2: 4.0}, {0: 2.0, 2: 5.5, 5: 9.0})[1] == 2  # pairs by seed
+    p, n = paired_ttest({0: 1.0, 1: 2.0, 2: 4.0}, {0: 1.5, 1: 3.0, 2: 4.2})
+    assert n == 3 and p == pytest.approx(stats.ttest_rel([1.5, 3.0, 4.2], [1.0, 2.0, 4.0]).pvalue)
+
+
+def test_single_seed_prints_na(tmp_path):
+    run_study(settings(tmp_path, seeds=1, methods="lora,condlora"), run_fn=FakeRun())
+    md = (tmp_path / "study" / "table2.md").read_text()
+    assert "| p (CondLoRA vs LoRA, paired t) | n/a | n/a | n/a |" in md
+    assert "| LoRA | 70.00 | 85.00 | 77.50 |" in md
+
+
+@pytest.mark.parametrize("kw, msg", [
+    ({"tasks": "rte,wnli"}, "unknown task 'wnli'"),
+    ({"methods": "lora,dora"}, "unknown method 'dora'"),
+    ({"seeds": 0}, "--seeds must be >= 1"),
+    ({"lr_search": 0, "lr_preset": None}, "--lr-search must be >= 1"),
+    ({"lr_search": 4}, "cannot be combined"),
+    ({"storage": "sqlite:///x.db"}, "only make sense with --lr-search"),
+    ({"methods": "lora,full,head"}, "no learning rate for rte/full, rte/head, mrpc/full, mrpc/head"),
+])
+def test_settings_errors(tmp_path, kw, msg):
+    with pytest.raises(ConfigError, match=msg):
+        settings(tmp_path, **kw)
+
+
+def test_preset_fallback_and_names(tmp_path):
+    s = settings(tmp_path, tasks="STS-B,sst_2,RTE", methods="LoRA,full", lr=1e-4)
+    assert s.tasks == ["stsb", "sst2", "rte"] and s.methods == ["lora", "full"]
+    fake = FakeRun()
+    from condlora.study import choose_lr
+
+    assert choose_lr("rte", "full", s, {}, fake) == {"lr": 1e-4, "source": "--lr"}
+    assert choose_lr("rte", "lora", s, {}, fake)["lr"] == PAPER_LR["rte"][0]
+
+
+def test_cli_flags_pass_through_to_every_run(tmp_path):
+    from condlora.study import add_arguments, settings_from_args
+
+    parser = __import__("argparse").ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--output-dir", str(tmp_path), "--lr-search", "4", "--model", "m", "--epochs", "2",
+                              "--target-modules", "query, value", "--max-train-samples", "5", "--r", "4"])
+    s = settings_from_args(args)
+    assert s.run_args == {"model": "m", "epochs": 2.0, "target_modules": ["query", "value"],
+                          "max_train_samples": 5, "r": 4}
+    assert (s.tasks, s.methods, s.seeds, s.lr_search, s.lr_preset) == (["rte", "mrpc", "stsb", "cola"],
+                                                                      ["lora", "condlora"], 3, 4, None)
+
+
+def test_cli_help_and_bad_flags(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["study", "-h"])
+    assert e.value.code == 0 and "--lr-search N_TRIALS" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        cli.main(["study", "--output-dir", str(tmp_path), "--lr-search", "3", "--lr-preset", "paper"])
+    assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["study", "--output-dir", str(tmp_path), "--lr-preset", "bogus"])
+    assert e.value.code == 2 and "invalid choice: 'bogus'" in capsys.readouterr().err
+    for bad, msg in ((["--tasks", "rte,foo"], "unknown task 'foo'"), (["--seeds", "0"], "--seeds must be >= 1"),
+                     (["--methods", "head"], "no learning rate for")):
+        assert cli.main(["study", "--output-dir", str(tmp_path), "--lr-preset", "paper", *bad]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("condlora study: error:") and msg in err and "Traceback" not in err
+
+
+def test_end_to_end_with_real_training(tmp_path, capsys):
+    """Real `condlora.train` runs (tiny BERT, small GLUE-layout TSVs from the train tests' fixtures)."""
+    pytest.importorskip("condlora.train", reason="condlora.train not merged yet")
+    fixtures = pytest.importorskip("glue_fixtures", reason="tests/glue_fixtures.py (train tests) not merged yet")
+    model = fixtures.make_tiny_model_dir(tmp_path / "model")
+    glue = fixtures.write_glue(tmp_path / "glue", n_train=40, n_dev=12, folders=["RTE"])
+    args = ["study", "--tasks", "rte", "--methods", "lora,condlora", "--seeds", "1", "--lr-search", "2",
+            "--model", str(model), "--glue-dir", str(glue), "--output-dir", str(tmp_path / "s"), "--epochs", "1",
+            "--batch-size", "8", "--max-length", "32", "--quiet"]
+    assert cli.main(args) == 0
+    saved = json.loads((tmp_path / "s" / "study.json").read_text())
+    assert saved["complete"] and len(saved["runs"]) == 2
+    params = {m: {r["trainable_params"] for r in saved["runs"] if r["method"] == m} for m in ("lora", "condlora")}
+    assert params == {"lora": {2 * 2 * 2 * 8 * 32}, "condlora": {2 * 2 * 8 * 32}}  # 2 layers x q,v x (A+B)
+    for m in ("lora", "condlora"):
+        assert saved["lr"]["rte"][m]["n_complete"] == 2 and 1e-5 <= saved["lr"]["rte"][m]["lr"] <= 3e-3
+        assert (tmp_path / "s" / "runs" / "rte" / m / "seed0" / "results.json").exists()
+        assert (tmp_path / "s" / "search" / "rte" / m / "trial1" / "results.json").exists()
+    out = capsys.readouterr().out
+    assert "| LoRA |" in out and "| CondLoRA | 1,024 |" in out
+    mtimes = sorted(p.stat().st_mtime_ns for p in (tmp_path / "s").rglob("results.json"))
+    assert cli.main(args) == 0  # re-run: every run and search is reused
+    assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "s").rglob("results.json")) == mtimes
