@@ -25,7 +25,7 @@ def compute_metrics(task: GlueTask, predictions: np.ndarray, labels: np.ndarray)
     if task.is_regression:
         from scipy.stats import pearsonr, spearmanr
 
-        if len(labels) < 2:
+        if len(labels) < 2 or np.ptp(predictions) == 0 or np.ptp(labels) == 0:
             return {"pearson": 0.0, "spearman": 0.0}
         return {"pearson": _finite(pearsonr(predictions, labels)[0]),
                 "spearman": _finite(spearmanr(predictions, labels)[0])}
