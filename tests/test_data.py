@@ -8,7 +8,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from glue_fixtures import FOLDERS, make_tokenizer, real_glue_dir, sentence, write_glue, write_tsv
 
 from condlora.data import (
     TASKS,
@@ -22,6 +21,7 @@ from condlora.data import (
 )
 from condlora.errors import CondLoRAError
 from condlora.metrics import compute_metrics
+from glue_fixtures import FOLDERS, make_tokenizer, real_glue_dir, sentence, write_glue, write_tsv
 
 
 @pytest.fixture(scope="module")

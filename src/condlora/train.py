@@ -11,6 +11,7 @@ from its last checkpoint with `resume=True` and ends exactly as an uninterrupted
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -190,6 +191,21 @@ def _linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+@contextlib.contextmanager
+def _quiet_loading(quiet: bool):
+    """Hide transformers' weight-loading progress bar while `quiet`."""
+    from transformers.utils import logging
+
+    enabled = logging.is_progress_bar_enabled()
+    if quiet:
+        logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            logging.enable_progress_bar()
+
+
 class Run:
     """The state of one training run: data, model, optimizer and the loop over steps."""
 
@@ -202,7 +218,8 @@ class Run:
         self.data = load_glue(cfg.task, cfg.glue_dir)
         self.task = self.data.task
         tokenizer = load_tokenizer(cfg.model)
-        model = load_classifier(cfg.model, num_labels=self.task.num_labels)
+        with _quiet_loading(cfg.quiet):
+            model = load_classifier(cfg.model, num_labels=self.task.num_labels)
         self.heads = head_module_names(model)
         model = setup_method(model, cfg.method, cfg.r, cfg.alpha, cfg.dropout, cfg.target_modules, cfg.seed)
         self.counts = parameter_counts(model, self.heads)
@@ -218,6 +235,7 @@ class Run:
                       "examples": 0, "wall_time_s": 0.0, "loss_sum": 0.0, "loss_count": 0}
         self.best = {k: v.detach().cpu().clone() for k, v in trainable_state(self.unwrapped).items()}
         self._perm_epoch, self._perm = -1, []
+        self.checkpoint_step = 0
 
     def _encode(self, tokenizer, data: GlueData) -> None:
         cfg = self.cfg
@@ -253,9 +271,9 @@ class Run:
         if self.acc.num_processes > 1:
             bad = self.acc.reduce(bad, "sum")
         if bad.item() > 0:
-            last = self.state["step"]
             raise TrainingDiverged(f"loss became {loss.item()} at step {step + 1}; the last good checkpoint "
-                                   f"(step {last}) is kept in {self.out / CHECKPOINT_DIR}; try a lower --lr")
+                                   f"(step {self.checkpoint_step}) is kept in {self.out / CHECKPOINT_DIR}; "
+                                   "try a lower --lr")
         self.acc.backward(loss)
         self.optimizer.step()
         self.scheduler.step()
@@ -315,6 +333,7 @@ class Run:
         if self.acc.is_main_process:
             state = {**self.state, "wall_time_s": self.wall_time()}
             save_checkpoint(self.out, self.unwrapped, self.optimizer, self.scheduler, self.best, state)
+        self.checkpoint_step = self.state["step"]
         self.acc.wait_for_everyone()
 
     def resume(self) -> None:
@@ -323,6 +342,7 @@ class Run:
         if loaded is None:
             return
         self.state, self.best = loaded
+        self.checkpoint_step = self.state["step"]
         self.session_start = time.perf_counter()
         records = [r for r in read_jsonl(self.out / "metrics.jsonl") if r["step"] <= self.state["step"]]
         if self.acc.is_main_process:
