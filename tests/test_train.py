@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +20,7 @@ from condlora.layers import draw_matrix, module_seed
 from condlora.train import TrainConfig, TrainingDiverged, train
 from glue_fixtures import make_tiny_model_dir, real_glue_dir, write_glue, write_tsv
 
+SRC = Path(__file__).resolve().parents[1] / "src"
 RESULT_KEYS = {"task", "method", "model", "seed", "lr", "metric", "val_score", "test_score", "test_metrics",
                "trainable_params", "head_params", "examples_per_sec", "wall_time_s", "best_step", "epochs",
                "train_size", "val_size", "test_size", "library_version"}
@@ -21,6 +28,15 @@ RESULT_KEYS = {"task", "method", "model", "seed", "lr", "metric", "val_score", "
 HEAD = 66
 TRAINABLE = {"lora": 2 * 2 * (8 * 32 + 32 * 8), "lora-frozen-a": 2 * 2 * 32 * 8,
              "condlora": 2 * (8 * 32 + 8 * 32), "condlora-frozen-a": 2 * 8 * 32, "head": 0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and do not fight other processes for the cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +182,55 @@ def test_cli_help_and_one_line_errors(tiny, tmp_path, capsys):
     assert cli_main(args + ["--task", "rte", "--glue-dir", tiny["glue"], "--target-modules", "nope",
                             "--max-train-samples", "8"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def _cli(args: list[str], env: dict | None = None, torchrun: int = 0) -> subprocess.CompletedProcess:
+    prefix = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={torchrun}"] if torchrun else [
+        sys.executable]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SRC), **(env or {})}
+    return subprocess.run(prefix + ["-m", "condlora", "train", *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def _adapter(folder) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "best_adapter" / "adapter_model.safetensors"))
+
+
+def test_sigkilled_process_resumes_to_the_same_result(tiny, tmp_path):
+    kw = dict(epochs=2, eval_every=3, dropout=0.1, seed=2)
+    ref = train(config(tiny, tmp_path / "ref", **kw))
+    args = ["--task", "rte", "--model", tiny["model"], "--glue-dir", tiny["glue"], "--output-dir",
+            str(tmp_path / "run"), "--epochs", "2", "--eval-every", "3", "--dropout", "0.1", "--seed", "2",
+            "--lr", "1e-2", "--batch-size", "8", "--max-length", "32", "--quiet"]
+    killed = _cli(args, env={"CONDLORA_DEBUG_KILL_AT_STEP": "7"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (tmp_path / "run" / "results.json").exists()
+    assert json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())["step"] == 6
+    done = _cli(args + ["--resume"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert (res["val_score"], res["test_score"], res["best_step"]) == (ref["val_score"], ref["test_score"],
+                                                                      ref["best_step"])
+    a, b = _adapter(tmp_path / "ref"), _adapter(tmp_path / "run")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_torchrun_two_cpu_processes_match_one(tiny, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny["model"], model)
+    cfg = json.loads((model / "config.json").read_text())
+    cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # dropout masks differ per process
+    (model / "config.json").write_text(json.dumps(cfg))
+    one = train(config({**tiny, "model": str(model)}, tmp_path / "one", epochs=2, eval_every=3))
+    args = ["--task", "rte", "--model", str(model), "--glue-dir", tiny["glue"], "--output-dir", str(tmp_path / "two"),
+            "--epochs", "2", "--eval-every", "3", "--lr", "1e-2", "--batch-size", "8", "--max-length", "32", "--quiet"]
+    run = _cli(args, torchrun=2)
+    assert run.returncode == 0, run.stderr[-2000:]
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert two["num_processes"] == 2 and two["best_step"] == one["best_step"]
+    assert (two["train_size"], two["test_size"]) == (one["train_size"], one["test_size"])
+    a, b = _adapter(tmp_path / "one"), _adapter(tmp_path / "two")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a) and any(a[k].abs().sum() > 0 for k in a)
 
 
 @pytest.mark.slow

@@ -179,7 +179,9 @@ def _accelerator(cfg: TrainConfig):
 
     if cfg.precision != "fp32" and not torch.cuda.is_available():
         raise ConfigError(f"precision {cfg.precision} (autocast) needs a CUDA GPU; use fp32 on CPU")
-    return Accelerator(mixed_precision="no" if cfg.precision == "fp32" else cfg.precision)
+    # cpu=True without CUDA: accelerate only sets up multi-process CPU (gloo) runs under torchrun when told so
+    return Accelerator(mixed_precision="no" if cfg.precision == "fp32" else cfg.precision,
+                       cpu=not torch.cuda.is_available())
 
 
 def _linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:

@@ -9,6 +9,7 @@ from .methods import METHODS
 from .models import ALIASES_HELP
 
 TASK_CHOICES = ", ".join(TASKS)
+KILL_ENV = "CONDLORA_DEBUG_KILL_AT_STEP"
 
 
 def _positive_int(text: str) -> int:
@@ -73,5 +74,17 @@ def main(args: argparse.Namespace) -> int:
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    train(cfg)
+    train(cfg, on_step=_debug_kill_hook())
     return 0
+
+
+def _debug_kill_hook():
+    """For crash tests: $CONDLORA_DEBUG_KILL_AT_STEP=N makes the process SIGKILL itself after step N."""
+    import os
+    import signal
+
+    value = os.environ.get(KILL_ENV)
+    if not value:
+        return None
+    step = int(value)
+    return lambda s: os.kill(os.getpid(), signal.SIGKILL) if s == step else None
