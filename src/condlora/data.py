@@ -243,24 +243,48 @@ def subsample(examples: Examples, n: int | None, seed: int = SPLIT_SEED) -> Exam
 
 
 class Encoded:
-    """Tokenized examples: token lists per example and labels as a tensor; `batch(indices)` pads them."""
+    """Tokenized examples stored flat (NumPy, offsets per example); `batch(indices)` pads a batch."""
+
+    CHUNK = 10_000
 
     def __init__(self, examples: Examples, tokenizer, max_length: int, pad_to_max_length: bool = False) -> None:
-        columns = list(zip(*examples.texts, strict=True)) if len(examples) else [[]]
-        enc = tokenizer(*[list(c) for c in columns], truncation=True, max_length=max_length)
-        self.features = {k: list(v) for k, v in enc.items()}
+        if tokenizer.pad_token_id is None:
+            raise CondLoRAError(f"tokenizer {type(tokenizer).__name__} has no padding token; set one first")
+        self.flat: dict[str, list[np.ndarray]] = {}
+        lengths = []
+        for start in range(0, len(examples), self.CHUNK):
+            texts = examples.texts[start:start + self.CHUNK]
+            enc = tokenizer(*[list(c) for c in zip(*texts, strict=True)], truncation=True, max_length=max_length)
+            for key, rows in enc.items():
+                self.flat.setdefault(key, []).append(np.fromiter((t for r in rows for t in r), dtype=np.int64))
+            lengths.extend(len(r) for r in enc["input_ids"])
+        self.flat = {k: np.concatenate(v) for k, v in self.flat.items()}
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])
         dtype = torch.float32 if examples.labels and isinstance(examples.labels[0], float) else torch.long
         self.labels = torch.tensor(examples.labels, dtype=dtype)
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-        self.padding = "max_length" if pad_to_max_length else "longest"
+        self.pad_values = {"input_ids": tokenizer.pad_token_id,
+                           "token_type_ids": getattr(tokenizer, "pad_token_type_id", 0)}
+        self.left = getattr(tokenizer, "padding_side", "right") == "left"
+        self.max_length = max_length if pad_to_max_length else None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
-        """A padded batch (dynamic padding unless `pad_to_max_length`) with its `labels`."""
-        rows = {k: [v[i] for i in indices] for k, v in self.features.items()}
-        out = dict(self.tokenizer.pad(rows, padding=self.padding, max_length=self.max_length, return_tensors="pt"))
-        out["labels"] = self.labels[list(indices)]
+        """A padded batch (to its longest example, or to max_length) with its `labels`."""
+        indices = list(indices)
+        width = self.max_length or int(self.lengths[indices].max())
+        out = {}
+        for key, flat in self.flat.items():
+            arr = np.full((len(indices), width), self.pad_values.get(key, 0), dtype=np.int64)
+            for row, i in enumerate(indices):
+                n = int(self.lengths[i])
+                values = flat[self.offsets[i]:self.offsets[i] + n]
+                if self.left:
+                    arr[row, width - n:] = values
+                else:
+                    arr[row, :n] = values
+            out[key] = torch.from_numpy(arr)
+        out["labels"] = self.labels[indices]
         return out

@@ -12,13 +12,11 @@ from its last checkpoint with `resume=True` and ends exactly as an uninterrupted
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,98 +27,19 @@ from .checkpoint import CHECKPOINT_DIR, load_checkpoint, load_trainable, save_ch
 from .data import Encoded, GlueData, load_glue, subsample
 from .errors import CondLoRAError, ConfigError
 from .fileio import append_jsonl, read_jsonl, write_json, write_text
-from .methods import METHODS, parameter_counts, save_best, setup_method, trainable_state
+from .methods import parameter_counts, save_best, setup_method, trainable_state
 from .metrics import compute_metrics
 from .models import head_module_names, load_classifier, load_tokenizer
+from .train_config import TrainConfig
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 RUN_FILES = ("config.json", "metrics.jsonl", "results.json", CHECKPOINT_DIR, "best_adapter", "best_adapter_peft",
              "best_model", "best_head")
-NOT_RUN_FIELDS = ("quiet", "resume", "overwrite")
+
+__all__ = ["TrainConfig", "TrainingDiverged", "train"]
 
 
 class TrainingDiverged(CondLoRAError):
     """The loss became NaN or infinite."""
-
-
-@dataclass
-class TrainConfig:
-    """Settings of one fine-tuning run (`condlora train` maps its flags 1:1 onto these fields).
-
-    Attributes:
-        task: cola sst2 mrpc stsb qqp mnli qnli rte (case-insensitive; GLUE folder names like SST-2 accepted).
-        method: lora (real PEFT) | condlora | lora-frozen-a | condlora-frozen-a | full | head.
-        model: alias (`minilm`, offline), local folder or hub id.
-        output_dir: run folder (config.json, metrics.jsonl, results.json, checkpoint/, best adapter).
-        glue_dir: GLUE TSV folder; default $CONDLORA_GLUE_DIR, else the hub via `datasets`.
-        seed: seed of model init, adapter init, data order and dropout (the 90/10 split always uses seed 1).
-        epochs: training epochs (fractions allowed).
-        lr: peak learning rate of AdamW.
-        batch_size: global batch size (split across processes).
-        max_length: token limit per example (pair).
-        max_train_samples: keep the first N of the shuffled 90% train part.
-        max_eval_samples: at most N validation examples and N per test part (quick runs).
-        r, alpha, dropout, target_modules: adapter settings (lora* and condlora*).
-        warmup_ratio: share of steps with linear warmup.
-        weight_decay: AdamW weight decay.
-        eval_every: steps between evaluations; None = once per epoch.
-        save_every: steps between extra checkpoints; None = at each evaluation only.
-        pad_to_max_length: pad every batch to max_length (the paper's setting) instead of dynamic padding.
-        precision: fp32, or bf16 / fp16 autocast (GPU only).
-        quiet: no progress bar or summary.
-        resume: continue from output_dir/checkpoint.
-        overwrite: replace a different run in output_dir.
-    """
-
-    task: str
-    method: str = "condlora"
-    model: str = "minilm"
-    output_dir: str = "runs/run"
-    glue_dir: str | None = None
-    seed: int = 0
-    epochs: float = 3
-    lr: float = 5e-4
-    batch_size: int = 16
-    max_length: int = 128
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    r: int = 8
-    alpha: float = 8.0
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.0
-    eval_every: int | None = None
-    save_every: int | None = None
-    pad_to_max_length: bool = False
-    precision: str = "fp32"
-    quiet: bool = False
-    resume: bool = False
-    overwrite: bool = False
-
-    def __post_init__(self) -> None:
-        from .data import get_task
-
-        self.task = get_task(self.task).name
-        if self.method not in METHODS:
-            raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
-        if isinstance(self.target_modules, str):
-            self.target_modules = [t.strip() for t in self.target_modules.split(",") if t.strip()]
-        for name in ("epochs", "lr", "batch_size", "max_length", "r", "alpha"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
-        for name in ("max_train_samples", "max_eval_samples", "eval_every", "save_every"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if not 0 <= self.dropout < 1 or not 0 <= self.warmup_ratio <= 1 or self.weight_decay < 0:
-            raise ConfigError("dropout must be in [0, 1), warmup_ratio in [0, 1], weight_decay >= 0")
-
-    def run_dict(self) -> dict:
-        """The settings that define the run (flags like quiet/resume/overwrite left out)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in NOT_RUN_FIELDS}
 
 
 def versions() -> dict[str, str]:
@@ -222,6 +141,10 @@ class Run:
         tokenizer = load_tokenizer(cfg.model)
         with _quiet_loading(cfg.quiet):
             model = load_classifier(cfg.model, num_labels=self.task.num_labels)
+        if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:  # GPT-style models
+            tokenizer.pad_token = tokenizer.eos_token
+        if getattr(model.config, "pad_token_id", None) is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
         self.heads = head_module_names(model)
         model = setup_method(model, cfg.method, cfg.r, cfg.alpha, cfg.dropout, cfg.target_modules, cfg.seed)
         self.counts = parameter_counts(model, self.heads)
@@ -246,6 +169,9 @@ class Run:
         val = data.val if cfg.max_eval_samples is None else data.val.select(
             range(min(cfg.max_eval_samples, len(data.val))))
         enc = lambda ex: Encoded(ex, tokenizer, cfg.max_length, cfg.pad_to_max_length)  # noqa: E731
+        if not len(val) or not len(train):
+            raise CondLoRAError(f"{cfg.task}: {len(train)} training and {len(val)} validation examples; "
+                                "the GLUE train file has too few rows")
         self.train_enc, self.val_enc = enc(train), enc(val)
         self.test_encs = {p: enc(subsample(ex, cfg.max_eval_samples)) for p, ex in data.test_parts.items()}
 
@@ -287,8 +213,7 @@ class Run:
     def predict(self, enc: Encoded) -> np.ndarray:
         """Predicted label ids (scores for regression) of every example, gathered from all processes."""
         self.model.eval()
-        lengths = [len(ids) for ids in enc.features["input_ids"]]
-        order = np.argsort(lengths, kind="stable").tolist()
+        order = np.argsort(enc.lengths, kind="stable").tolist()
         world, rank = self.acc.num_processes, self.acc.process_index
         share = math.ceil(len(order) / world)
         mine = order[rank::world]
@@ -341,7 +266,9 @@ class Run:
     def resume(self) -> None:
         """Restore the last checkpoint if there is one; drop metrics.jsonl records after it."""
         loaded = load_checkpoint(self.out, self.unwrapped, self.optimizer, self.scheduler)
-        if loaded is None:
+        if loaded is None:  # killed before its first checkpoint: start afresh
+            if self.acc.is_main_process:
+                (self.out / "metrics.jsonl").unlink(missing_ok=True)
             return
         self.state, self.best = loaded
         self.checkpoint_step = self.state["step"]
