@@ -58,8 +58,7 @@ def test_each_method_writes_its_run_folder(tiny, tmp_path, method):
     assert RESULT_KEYS <= set(res) and res["metric"] == "accuracy"
     assert (res["train_size"], res["val_size"], res["test_size"], res["best_step"]) == (36, 4, 12, 5)
     assert res["head_params"] == HEAD
-    body = res["total_params"] - HEAD - sum(TRAINABLE.get(m, 0) for m in [method] if m.startswith("lora"))
-    assert res["trainable_params"] == TRAINABLE.get(method, body)
+    assert res["trainable_params"] == TRAINABLE.get(method, res["base_params"] - HEAD)  # full: all but the head
     assert json.loads((tmp_path / "results.json").read_text()) == res
     assert json.loads((tmp_path / "config.json").read_text())["run"]["method"] == method
     assert [r["step"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())] == [5]

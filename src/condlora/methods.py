@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,7 +55,9 @@ def _peft_lora(model: nn.Module, r: int, alpha: float, dropout: float, target_mo
     config = LoraConfig(task_type="SEQ_CLS", r=r, lora_alpha=alpha, lora_dropout=dropout,
                         target_modules=list(target_modules), modules_to_save=heads, bias="none")
     try:
-        model = get_peft_model(model, config)
+        with warnings.catch_warnings():  # peft 0.21 asks transformers 5 a deprecated property; harmless
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = get_peft_model(model, config)
     except ValueError as e:
         raise ConfigError(f"peft could not apply LoRA with target_modules {target_modules}: {e}") from None
     if frozen_a:
@@ -77,18 +80,15 @@ def is_head_param(name: str, heads: list[str]) -> bool:
 
 
 def parameter_counts(model: nn.Module, heads: list[str]) -> dict[str, int]:
-    """Trainable parameters: `trainable` (adapter or body, head excluded), `head`, and `total` of the model."""
+    """Trainable parameters: `trainable` (adapter, or body for full fine-tuning; head excluded) and `head`."""
     seen: set[int] = set()
     counts = {"trainable": 0, "head": 0}
-    total = 0
     for name, p in model.named_parameters():
-        if id(p) in seen:
+        if id(p) in seen or not p.requires_grad:
             continue
         seen.add(id(p))
-        total += p.numel()
-        if p.requires_grad:
-            counts["head" if is_head_param(name, heads) else "trainable"] += p.numel()
-    return {**counts, "total": total}
+        counts["head" if is_head_param(name, heads) else "trainable"] += p.numel()
+    return counts
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:

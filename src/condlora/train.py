@@ -146,8 +146,9 @@ class Run:
         if getattr(model.config, "pad_token_id", None) is None:
             model.config.pad_token_id = tokenizer.pad_token_id
         self.heads = head_module_names(model)
+        base_params = sum(p.numel() for p in model.parameters())
         model = setup_method(model, cfg.method, cfg.r, cfg.alpha, cfg.dropout, cfg.target_modules, cfg.seed)
-        self.counts = parameter_counts(model, self.heads)
+        self.counts = {**parameter_counts(model, self.heads), "base": base_params}
         self._encode(tokenizer, self.data)
         self.steps_per_epoch = math.ceil(len(self.train_enc) / cfg.batch_size)
         self.total_steps = math.ceil(cfg.epochs * self.steps_per_epoch)
@@ -330,7 +331,7 @@ class Run:
             "metric": metric, "val_score": st["best_score"], "test_score": test[metric],
             "val_metrics": st["best_val"], "test_metrics": test,
             "trainable_params": self.counts["trainable"], "head_params": self.counts["head"],
-            "total_params": self.counts["total"],
+            "base_params": self.counts["base"],
             "examples_per_sec": st["examples"] / max(st["train_time_s"], 1e-9), "train_time_s": st["train_time_s"],
             "wall_time_s": self.wall_time(), "best_step": st["best_step"], "total_steps": self.total_steps,
             "epochs": cfg.epochs, "train_size": len(self.train_enc), "val_size": len(self.val_enc),
