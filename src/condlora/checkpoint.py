@@ -19,7 +19,7 @@ from torch import nn
 
 from .errors import CondLoRAError
 from .fileio import write_json
-from .methods import replace_dir, trainable_state
+from .methods import existing_dir, replace_dir, trainable_state
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -107,8 +107,8 @@ def load_trainable(model: nn.Module, tensors: dict[str, torch.Tensor], source: s
 def load_checkpoint(output_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler) -> tuple[dict, dict[str, torch.Tensor]] | None:
     """Restore a checkpoint into model, optimizer, scheduler and RNGs; returns (state, best weights) or None."""
-    folder = output_dir / CHECKPOINT_DIR
-    if not (folder / "state.json").is_file():
+    folder = existing_dir(output_dir / CHECKPOINT_DIR)
+    if folder is None or not (folder / "state.json").is_file():
         return None
     try:
         meta = json.loads((folder / "state.json").read_text(encoding="utf-8"))

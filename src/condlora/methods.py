@@ -97,10 +97,15 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def replace_dir(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Fill a fresh temporary folder with `write(tmp)`, then swap it in for `path` (no half-written folder)."""
+    """Fill a fresh temporary folder with `write(tmp)`, then swap it in for `path` (no half-written folder).
+
+    A kill between the two renames leaves the previous version as `.NAME.old` (see `existing_dir`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed while writing
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         write(tmp)
         old = path.with_name(f".{path.name}.old")
@@ -114,6 +119,13 @@ def replace_dir(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def existing_dir(path: str | os.PathLike) -> Path | None:
+    """`path` if it exists, else the previous version `replace_dir` had moved aside, else None."""
+    path = Path(path)
+    old = path.with_name(f".{path.name}.old")
+    return path if path.is_dir() else old if old.is_dir() else None
 
 
 def save_best(model: nn.Module, method: str, output_dir: Path) -> list[str]:

@@ -27,13 +27,13 @@ from .checkpoint import CHECKPOINT_DIR, load_checkpoint, load_trainable, save_ch
 from .data import Encoded, GlueData, load_glue, subsample
 from .errors import CondLoRAError, ConfigError
 from .fileio import append_jsonl, read_jsonl, write_json, write_text
-from .methods import parameter_counts, save_best, setup_method, trainable_state
+from .methods import existing_dir, parameter_counts, save_best, setup_method, trainable_state
 from .metrics import compute_metrics
 from .models import head_module_names, load_classifier, load_tokenizer
 from .train_config import TrainConfig
 
 RUN_FILES = ("config.json", "metrics.jsonl", "results.json", CHECKPOINT_DIR, "best_adapter", "best_adapter_peft",
-             "best_model", "best_head")
+             "best_model", "best_head", f".{CHECKPOINT_DIR}.old")
 
 __all__ = ["TrainConfig", "TrainingDiverged", "train"]
 
@@ -59,6 +59,8 @@ def versions() -> dict[str, str]:
 
 def _check_output_dir(cfg: TrainConfig, out: Path) -> dict | None:
     """Refuse a folder holding another run; return the results of an identical finished run."""
+    if out.exists() and not out.is_dir():
+        raise CondLoRAError(f"output folder {out} is a file")
     if cfg.overwrite or not out.exists():
         return None
     config_file = out / "config.json"
@@ -78,7 +80,7 @@ def _check_output_dir(cfg: TrainConfig, out: Path) -> dict | None:
                             f"{new.get(diff)!r} now); pass --overwrite to replace it or choose another folder")
     if (out / "results.json").is_file():
         return json.loads((out / "results.json").read_text(encoding="utf-8"))
-    if (out / CHECKPOINT_DIR).is_dir() and not cfg.resume:
+    if existing_dir(out / CHECKPOINT_DIR) is not None and not cfg.resume:
         raise CondLoRAError(f"output folder {out} holds an unfinished run of this config; "
                             "pass --resume to continue it or --overwrite to start again")
     return None
@@ -319,7 +321,8 @@ class Run:
         if self.acc.is_main_process:
             results["saved"] = save_best(self.unwrapped, self.cfg.method, self.out)
             write_json(self.out / "results.json", results)
-            shutil.rmtree(self.out / CHECKPOINT_DIR, ignore_errors=True)
+            for folder in (CHECKPOINT_DIR, f".{CHECKPOINT_DIR}.old"):
+                shutil.rmtree(self.out / folder, ignore_errors=True)
         self.acc.wait_for_everyone()
         return results
 
