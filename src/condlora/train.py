@@ -140,17 +140,7 @@ class Run:
         set_seed(cfg.seed)
         self.data = load_glue(cfg.task, cfg.glue_dir)
         self.task = self.data.task
-        tokenizer = load_tokenizer(cfg.model)
-        with _quiet_loading(cfg.quiet):
-            model = load_classifier(cfg.model, num_labels=self.task.num_labels)
-        if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:  # GPT-style models
-            tokenizer.pad_token = tokenizer.eos_token
-        if getattr(model.config, "pad_token_id", None) is None:
-            model.config.pad_token_id = tokenizer.pad_token_id
-        self.heads = head_module_names(model)
-        base_params = sum(p.numel() for p in model.parameters())
-        model = setup_method(model, cfg.method, cfg.r, cfg.alpha, cfg.dropout, cfg.target_modules, cfg.seed)
-        self.counts = {**parameter_counts(model, self.heads), "base": base_params}
+        tokenizer, model = self._build_model()
         self._encode(tokenizer, self.data)
         self.steps_per_epoch = math.ceil(len(self.train_enc) / cfg.batch_size)
         self.total_steps = math.ceil(cfg.epochs * self.steps_per_epoch)
@@ -164,6 +154,22 @@ class Run:
         self.best = {k: v.detach().cpu().clone() for k, v in trainable_state(self.unwrapped).items()}
         self._perm_epoch, self._perm = -1, []
         self.checkpoint_step = 0
+
+    def _build_model(self) -> tuple:
+        """Tokenizer and model with the method's adapter; records parameter counts."""
+        cfg = self.cfg
+        tokenizer = load_tokenizer(cfg.model)
+        with _quiet_loading(cfg.quiet):
+            model = load_classifier(cfg.model, num_labels=self.task.num_labels)
+        if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:  # GPT-style models
+            tokenizer.pad_token = tokenizer.eos_token
+        if getattr(model.config, "pad_token_id", None) is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        self.heads = head_module_names(model)
+        base_params = sum(p.numel() for p in model.parameters())
+        model = setup_method(model, cfg.method, cfg.r, cfg.alpha, cfg.dropout, cfg.target_modules, cfg.seed)
+        self.counts = {**parameter_counts(model, self.heads), "base": base_params}
+        return tokenizer, model
 
     def _encode(self, tokenizer, data: GlueData) -> None:
         cfg = self.cfg
@@ -202,9 +208,9 @@ class Run:
         if self.acc.num_processes > 1:
             bad = self.acc.reduce(bad, "sum")
         if bad.item() > 0:
-            raise TrainingDiverged(f"loss became {loss.item()} at step {step + 1}; the last good checkpoint "
-                                   f"(step {self.checkpoint_step}) is kept in {self.out / CHECKPOINT_DIR}; "
-                                   "try a lower --lr")
+            kept = (f"the last good checkpoint (step {self.checkpoint_step}) is kept in {self.out / CHECKPOINT_DIR}"
+                    if self.checkpoint_step else "no checkpoint was written yet")
+            raise TrainingDiverged(f"loss became {loss.item()} at step {step + 1}; {kept}; try a lower --lr")
         self.acc.backward(loss)
         self.optimizer.step()
         self.scheduler.step()
