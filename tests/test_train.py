@@ -186,8 +186,9 @@ def test_cli_help_and_one_line_errors(tiny, tmp_path, capsys):
 
 
 def _cli(args: list[str], env: dict | None = None, torchrun: int = 0) -> subprocess.CompletedProcess:
-    prefix = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={torchrun}"] if torchrun else [
-        sys.executable]
+    prefix = [sys.executable]
+    if torchrun:  # --standalone: a free rendezvous port, so parallel test runs do not collide
+        prefix += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SRC), **(env or {})}
     return subprocess.run(prefix + ["-m", "condlora", "train", *args], env=env, capture_output=True, text=True,
                           timeout=300)
