@@ -183,6 +183,19 @@ def test_cli_help_and_one_line_errors(tiny, tmp_path, capsys):
     assert cli_main(args + ["--task", "rte", "--glue-dir", tiny["glue"], "--target-modules", "nope",
                             "--max-train-samples", "8"]) == 2
     assert "nope" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert cli_main(args + ["--task", "rte", "--glue-dir", tiny["glue"], "--precision", "bf16"]) == 2
+        assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_autocast_on_gpu(tiny, tmp_path, precision):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    res = train(config(tiny, tmp_path, precision=precision, epochs=2))
+    assert 0 <= res["test_score"] <= 1
+    assert json.loads((tmp_path / "config.json").read_text())["device"].startswith("cuda")
 
 
 def _cli(args: list[str], env: dict | None = None, torchrun: int = 0) -> subprocess.CompletedProcess:

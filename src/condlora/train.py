@@ -95,14 +95,28 @@ def _clear_run_files(out: Path) -> None:
             path.unlink()
 
 
+def _require_extras() -> None:
+    """A clear error when the packages of the `experiments` extra are missing."""
+    import importlib.util
+
+    missing = [m for m in ("accelerate", "sklearn", "scipy") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise CondLoRAError(f"condlora train needs {', '.join(missing)}: pip install 'condlora[experiments]'")
+
+
 def _accelerator(cfg: TrainConfig):
+    _require_extras()
     from accelerate import Accelerator
 
     if cfg.precision != "fp32" and not torch.cuda.is_available():
         raise ConfigError(f"precision {cfg.precision} (autocast) needs a CUDA GPU; use fp32 on CPU")
+    from accelerate.state import AcceleratorState
+
+    mixed = "no" if cfg.precision == "fp32" else cfg.precision
+    if AcceleratorState._shared_state.get("_mixed_precision", mixed) != mixed:
+        AcceleratorState._reset_state()  # another precision in the same process; the process group stays
     # cpu=True without CUDA: accelerate only sets up multi-process CPU (gloo) runs under torchrun when told so
-    return Accelerator(mixed_precision="no" if cfg.precision == "fp32" else cfg.precision,
-                       cpu=not torch.cuda.is_available())
+    return Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
 
 
 def _linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
