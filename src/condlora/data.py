@@ -38,6 +38,7 @@ class GlueTask:
         hub_text_cols: text column names in the hub's `nyu-mll/glue` dataset.
         test_files: part name -> dev file name; several parts are concatenated into one test set.
         header: whether the files start with a header row.
+        n_columns: columns per row of files without a header (those with one have as many as the header).
     """
 
     name: str
@@ -49,6 +50,7 @@ class GlueTask:
     hub_text_cols: tuple[str, ...]
     test_files: dict[str, str] = field(default_factory=lambda: {"dev": "dev.tsv"})
     header: bool = True
+    n_columns: int = 0
 
     @property
     def num_labels(self) -> int:
@@ -64,7 +66,7 @@ class GlueTask:
 BINARY = ("0", "1")
 NLI2 = ("entailment", "not_entailment")
 TASKS: dict[str, GlueTask] = {t.name: t for t in (
-    GlueTask("cola", "CoLA", (3,), 1, BINARY, "matthews", ("sentence",), header=False),
+    GlueTask("cola", "CoLA", (3,), 1, BINARY, "matthews", ("sentence",), header=False, n_columns=4),
     GlueTask("sst2", "SST-2", ("sentence",), "label", BINARY, "accuracy", ("sentence",)),
     GlueTask("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", BINARY, "accuracy", ("sentence1", "sentence2")),
     GlueTask("stsb", "STS-B", ("sentence1", "sentence2"), "score", None, "pearson", ("sentence1", "sentence2")),
@@ -167,7 +169,7 @@ def read_tsv(path: str | os.PathLike, task: GlueTask) -> Examples:
         text_pos, label_pos = _column_positions(task, header, path)
         n_cols, start = len(header), 1
     else:
-        text_pos, label_pos, n_cols = list(task.text_cols), int(task.label_col), 4
+        text_pos, label_pos, n_cols = list(task.text_cols), int(task.label_col), task.n_columns
     texts, labels = [], []
     for number, line in enumerate(lines[start:], start=start + 1):
         if not line:
