@@ -68,6 +68,55 @@ def test_each_method_writes_its_run_folder(tiny, tmp_path, method):
     assert not (tmp_path / "checkpoint").exists()
 
 
+EXPECTED_TRAINABLE = {
+    "lora": {f"base_model.model.bert.encoder.layer.{i}.attention.self.{m}.lora_{ab}.default.weight"
+             for i in range(2) for m in ("query", "value") for ab in "AB"},
+    "lora-frozen-a": {f"base_model.model.bert.encoder.layer.{i}.attention.self.{m}.lora_B.default.weight"
+                      for i in range(2) for m in ("query", "value")},
+    "condlora": {f"condlora_generators.bert_encoder_layer_attention_self_{m}.theta_{ab}"
+                 for m in ("query", "value") for ab in "AB"},
+    "condlora-frozen-a": {f"condlora_generators.bert_encoder_layer_attention_self_{m}.theta_B"
+                          for m in ("query", "value")},
+    "head": set(),
+}
+
+
+@pytest.mark.parametrize("method", ["lora", "lora-frozen-a", "condlora", "condlora-frozen-a", "full", "head"])
+def test_exact_trainable_set(method):
+    from condlora.methods import setup_method
+    from conftest import tiny_bert
+
+    model = setup_method(tiny_bert(), method, 8, 8.0, 0.0, ["query", "value"], 0)
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    if method == "full":
+        assert names == {n for n, _ in model.named_parameters()}
+        return
+    head = {f"{'base_model.model.classifier.modules_to_save.default' if method.startswith('lora') else 'classifier'}"
+            f".{w}" for w in ("weight", "bias")}
+    assert names == EXPECTED_TRAINABLE[method] | head
+
+
+@pytest.mark.parametrize("method", ["condlora", "lora"])
+def test_saved_best_adapter_reproduces_the_test_score(tiny, tmp_path, method):
+    from condlora.data import Encoded, load_glue
+    from condlora.io import load_adapter
+    from condlora.models import load_classifier, load_tokenizer
+
+    res = train(config(tiny, tmp_path, method=method, epochs=3, eval_every=2, lr=3e-2))
+    model = load_classifier(tiny["model"], num_labels=2)
+    if method == "condlora":
+        load_adapter(model, tmp_path / "best_adapter")
+    else:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, tmp_path / "best_adapter")
+    batch = Encoded(load_glue("rte", tiny["glue"]).test, load_tokenizer(tiny["model"]), 32).batch(range(12))
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        pred = model.eval()(**batch).logits.argmax(-1)
+    assert (pred == labels).float().mean().item() == pytest.approx(res["test_score"])
+
+
 def test_peft_frozen_a_is_the_seeded_orthogonal_draw_and_b_trains(tiny, tmp_path):
     train(config(tiny, tmp_path, method="lora-frozen-a", seed=3))
     tensors = load_file(str(tmp_path / "best_adapter" / "adapter_model.safetensors"))
