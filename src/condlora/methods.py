@@ -21,7 +21,7 @@ from torch import nn
 
 from .config import AdapterConfig
 from .errors import ConfigError
-from .inject import apply_adapter
+from .inject import apply_adapter, linear_names
 from .io import export_peft_lora, save_adapter
 from .layers import draw_matrix, module_seed
 from .models import head_module_names
@@ -59,7 +59,8 @@ def _peft_lora(model: nn.Module, r: int, alpha: float, dropout: float, target_mo
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             model = get_peft_model(model, config)
     except ValueError as e:
-        raise ConfigError(f"peft could not apply LoRA with target_modules {target_modules}: {e}") from None
+        raise ConfigError(f"peft could not apply LoRA with target_modules {target_modules} ({str(e).split('.')[0]}); "
+                          f"linear modules in this model: {', '.join(linear_names(model))}") from None
     if frozen_a:
         for name, module in model.named_modules():
             lora_a = getattr(module, "lora_A", None)
