@@ -185,8 +185,8 @@ def read_tsv(path: str | os.PathLike, task: GlueTask) -> Examples:
     return Examples(texts, labels)
 
 
-def split_train(examples: Examples, seed: int = SPLIT_SEED, fraction: float = VAL_FRACTION) -> tuple[Examples,
-                                                                                                   Examples]:
+def split_train(examples: Examples, seed: int = SPLIT_SEED,
+                fraction: float = VAL_FRACTION) -> tuple[Examples, Examples]:
     """(train, validation): shuffle with `seed` as `datasets.Dataset.shuffle` does, the first 10% validate."""
     order = np.random.default_rng(seed).permutation(len(examples))
     n_val = round(len(examples) * fraction)
