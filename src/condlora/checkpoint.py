@@ -1,0 +1,125 @@
+"""Resumable training checkpoints: safetensors for tensors, JSON for the rest; no pickle.
+
+A checkpoint folder holds the current and the best trainable weights, the optimizer state, the RNG
+states and `state.json` (step, best score, scheduler, counters). It is written into a temporary folder
+and swapped in whole, so a kill leaves either the previous checkpoint or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import CondLoRAError
+from .fileio import write_json
+from .methods import existing_dir, replace_dir, trainable_state
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+
+
+def _optimizer_parts(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{pid}.{k}"] = v
+            else:
+                scalars.setdefault(str(pid), {})[k] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    for pid, st in meta["scalars"].items():
+        state.setdefault(int(pid), {}).update(st)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+    """Torch (CPU and CUDA) RNG states as tensors; Python and NumPy states as JSON-ready data."""
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    tensors["numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
+    meta = {"numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+            "python": [py_state[0], list(py_state[1]), py_state[2]]}
+    return tensors, meta
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Restore the states saved by `rng_state`."""
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("cuda.")]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    name, pos, has_gauss, gauss = meta["numpy"]
+    np.random.set_state((name, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_py = meta["python"]
+    random.setstate((version, tuple(internal), gauss_py))
+
+
+def save_checkpoint(output_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, best: dict[str, torch.Tensor],
+                    state: dict) -> None:
+    """Write the whole training state to `output_dir/checkpoint` (swapped in atomically)."""
+    opt_tensors, opt_meta = _optimizer_parts(optimizer)
+    rng_tensors, rng_meta = rng_state()
+    meta = {**state, "optimizer": opt_meta, "scheduler": scheduler.state_dict(), "rng": rng_meta}
+
+    def write(tmp: Path) -> None:
+        save_file(_cpu(trainable_state(model)), str(tmp / "trainable.safetensors"))
+        save_file(_cpu(best), str(tmp / "best.safetensors"))
+        save_file(_cpu(opt_tensors), str(tmp / "optimizer.safetensors"))
+        save_file(_cpu(rng_tensors), str(tmp / "rng.safetensors"))
+        write_json(tmp / "state.json", meta)
+
+    replace_dir(output_dir / CHECKPOINT_DIR, write)
+
+
+def load_trainable(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Copy saved trainable tensors into `model`; the names must match its trainable parameters exactly."""
+    params = trainable_state(model)
+    if set(params) != set(tensors):
+        diff = sorted(set(params) ^ set(tensors))
+        raise CondLoRAError(f"{source} does not match this run's trainable parameters (e.g. {diff[0]})")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(tensors[name].to(device=p.device, dtype=p.dtype))
+
+
+def load_checkpoint(output_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler) -> tuple[dict, dict[str, torch.Tensor]] | None:
+    """Restore a checkpoint into model, optimizer, scheduler and RNGs; returns (state, best weights) or None."""
+    folder = existing_dir(output_dir / CHECKPOINT_DIR)
+    if folder is None or not (folder / "state.json").is_file():
+        return None
+    try:
+        meta = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        trainable = load_file(str(folder / "trainable.safetensors"))
+        best = load_file(str(folder / "best.safetensors"))
+        opt_tensors = load_file(str(folder / "optimizer.safetensors"))
+        rng_tensors = load_file(str(folder / "rng.safetensors"))
+    except (OSError, ValueError, json.JSONDecodeError) as e:
+        raise CondLoRAError(f"checkpoint {folder} is unreadable ({e}); rerun with --overwrite") from None
+    load_trainable(model, trainable, str(folder / "trainable.safetensors"))
+    optimizer.load_state_dict(_optimizer_state(opt_tensors, meta.pop("optimizer")))  # moves state to the params
+    scheduler.load_state_dict(meta.pop("scheduler"))
+    set_rng_state(rng_tensors, meta.pop("rng"))
+    return meta, best

@@ -1,0 +1,39 @@
+"""GLUE metrics with scikit-learn and scipy: accuracy, Matthews correlation, F1, Pearson and Spearman."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .data import GlueTask
+
+PAIR_F1_TASKS = ("mrpc", "qqp")
+
+
+def _finite(value: float) -> float:
+    """A correlation of a constant prediction is undefined (NaN); report it as 0 (no correlation)."""
+    value = float(value)
+    return value if math.isfinite(value) else 0.0
+
+
+def compute_metrics(task: GlueTask, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Every metric of `task` from predicted ids (or scores, STS-B) and gold labels."""
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    if len(predictions) != len(labels):
+        raise ValueError(f"{len(predictions)} predictions for {len(labels)} labels")
+    if task.is_regression:
+        from scipy.stats import pearsonr, spearmanr
+
+        if len(labels) < 2 or np.ptp(predictions) == 0 or np.ptp(labels) == 0:
+            return {"pearson": 0.0, "spearman": 0.0}
+        return {"pearson": _finite(pearsonr(predictions, labels)[0]),
+                "spearman": _finite(spearmanr(predictions, labels)[0])}
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+    out = {"accuracy": float(accuracy_score(labels, predictions))}
+    if task.metric == "matthews":
+        out["matthews"] = float(matthews_corrcoef(labels, predictions))
+    if task.name in PAIR_F1_TASKS:
+        out["f1"] = float(f1_score(labels, predictions, zero_division=0.0))
+    return out

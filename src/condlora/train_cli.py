@@ -1,0 +1,90 @@
+"""`condlora train`: one fine-tuning run; every flag maps 1:1 onto a `TrainConfig` field."""
+
+from __future__ import annotations
+
+import argparse
+
+from .data import GLUE_DIR_ENV, TASKS
+from .methods import METHODS
+from .models import ALIASES_HELP
+
+TASK_CHOICES = ", ".join(TASKS)
+KILL_ENV = "CONDLORA_DEBUG_KILL_AT_STEP"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _modules(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of module names, e.g. query,value")
+    return names
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of `condlora train`."""
+    p.add_argument("--task", required=True, help=f"GLUE task: {TASK_CHOICES} (case-insensitive; SST-2, STS-B ok)")
+    p.add_argument("--method", default="condlora", choices=METHODS,
+                   help="lora (real PEFT), condlora, their frozen-A variants, full or head (default: condlora)")
+    p.add_argument("--model", default="minilm", help=f"base model: {ALIASES_HELP} (default: minilm; "
+                   "the paper used roberta-base)")
+    p.add_argument("--glue-dir", default=None, help=f"GLUE TSV folder (TASK/train.tsv, dev.tsv); default "
+                   f"${GLUE_DIR_ENV}, else the hub's nyu-mll/glue (needs the `data` extra)")
+    p.add_argument("--output-dir", default="runs/run", help="run folder (default: runs/run)")
+    p.add_argument("--seed", type=int, default=0, help="seed of init, data order and dropout (default: 0)")
+    p.add_argument("--epochs", type=float, default=3, help="training epochs (default: 3)")
+    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default: 5e-4)")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="global batch size (default: 16)")
+    p.add_argument("--max-length", type=_positive_int, default=128, help="max tokens per example (default: 128)")
+    p.add_argument("--max-train-samples", type=_positive_int, default=None, help="use the first N training examples")
+    p.add_argument("--max-eval-samples", type=_positive_int, default=None,
+                   help="at most N validation examples and N per test part")
+    p.add_argument("--r", type=_positive_int, default=8, help="adapter rank (default: 8)")
+    p.add_argument("--alpha", type=float, default=8.0, help="adapter alpha; scaling = alpha / r (default: 8)")
+    p.add_argument("--dropout", type=float, default=0.0, help="adapter input dropout (default: 0)")
+    p.add_argument("--target-modules", type=_modules, default=["query", "value"],
+                   help="comma-separated modules to adapt (default: query,value)")
+    p.add_argument("--warmup-ratio", type=float, default=0.1, help="share of warmup steps (default: 0.1)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: 0)")
+    p.add_argument("--eval-every", type=_positive_int, default=None, help="steps between evaluations "
+                   "(default: once per epoch)")
+    p.add_argument("--save-every", type=_positive_int, default=None,
+                   help="steps between extra checkpoints (default: at each evaluation)")
+    p.add_argument("--pad-to-max-length", action="store_true", help="pad to --max-length (the paper's setting)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="fp32, or bf16/fp16 autocast on GPU (default: fp32)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a different run in OUTPUT_DIR")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Build the TrainConfig from the flags and run it."""
+    import dataclasses
+
+    from .train import TrainConfig, train
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    train(cfg, on_step=_debug_kill_hook())
+    return 0
+
+
+def _debug_kill_hook():
+    """For crash tests: $CONDLORA_DEBUG_KILL_AT_STEP=N makes the process SIGKILL itself after step N."""
+    import os
+    import signal
+
+    value = os.environ.get(KILL_ENV)
+    if not value:
+        return None
+    step = int(value)
+    return lambda s: os.kill(os.getpid(), signal.SIGKILL) if s == step else None

@@ -1,0 +1,91 @@
+"""`TrainConfig`: every setting of one `condlora train` run, validated."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .data import get_task
+from .errors import ConfigError
+from .methods import METHODS
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+NOT_RUN_FIELDS = ("quiet", "resume", "overwrite")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one fine-tuning run (`condlora train` maps its flags 1:1 onto these fields).
+
+    Attributes:
+        task: cola sst2 mrpc stsb qqp mnli qnli rte (case-insensitive; GLUE folder names like SST-2 accepted).
+        method: lora (real PEFT) | condlora | lora-frozen-a | condlora-frozen-a | full | head.
+        model: alias (`minilm`, offline), local folder or hub id.
+        output_dir: run folder (config.json, metrics.jsonl, results.json, checkpoint/, best adapter).
+        glue_dir: GLUE TSV folder; default $CONDLORA_GLUE_DIR, else the hub via `datasets`.
+        seed: seed of model init, adapter init, data order and dropout (the 90/10 split always uses seed 1).
+        epochs: training epochs (fractions allowed).
+        lr: peak learning rate of AdamW.
+        batch_size: global batch size (split across processes).
+        max_length: token limit per example (pair).
+        max_train_samples: keep the first N of the shuffled 90% train part.
+        max_eval_samples: at most N validation examples and N per test part (quick runs).
+        r, alpha, dropout, target_modules: adapter settings (lora* and condlora*).
+        warmup_ratio: share of steps with linear warmup.
+        weight_decay: AdamW weight decay.
+        eval_every: steps between evaluations; None = once per epoch.
+        save_every: steps between extra checkpoints; None = at each evaluation only.
+        pad_to_max_length: pad every batch to max_length (the paper's setting) instead of dynamic padding.
+        precision: fp32, or bf16 / fp16 autocast (GPU only).
+        quiet: no progress bar or summary.
+        resume: continue from output_dir/checkpoint.
+        overwrite: replace a different run in output_dir.
+    """
+
+    task: str
+    method: str = "condlora"
+    model: str = "minilm"
+    output_dir: str = "runs/run"
+    glue_dir: str | None = None
+    seed: int = 0
+    epochs: float = 3
+    lr: float = 5e-4
+    batch_size: int = 16
+    max_length: int = 128
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    r: int = 8
+    alpha: float = 8.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    eval_every: int | None = None
+    save_every: int | None = None
+    pad_to_max_length: bool = False
+    precision: str = "fp32"
+    quiet: bool = False
+    resume: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        self.task = get_task(self.task).name
+        if self.method not in METHODS:
+            raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        if isinstance(self.target_modules, str):
+            self.target_modules = [t.strip() for t in self.target_modules.split(",") if t.strip()]
+        for name in ("epochs", "lr", "batch_size", "max_length", "r", "alpha"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        for name in ("max_train_samples", "max_eval_samples", "eval_every", "save_every"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not 0 <= self.dropout < 1 or not 0 <= self.warmup_ratio <= 1 or self.weight_decay < 0:
+            raise ConfigError("dropout must be in [0, 1), warmup_ratio in [0, 1], weight_decay >= 0")
+
+    def run_dict(self) -> dict:
+        """The settings that define the run (flags like quiet/resume/overwrite left out)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in NOT_RUN_FIELDS}
