@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ from torch import nn
 
 from .errors import AdapterLoadError
 from .inject import adapter_layers, layer_index, module_type
-from .io import CONFIG_NAME, WEIGHTS_NAME, load_adapter, read_config, read_tensors
+from .io import WEIGHTS_NAME, load_adapter, read_config, read_config_json, read_tensors
 from .layers import SUPPORTED_TYPES, base_weight
 
 PEFT_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<name>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
@@ -53,13 +52,7 @@ class AdapterMatrices:
 
 def adapter_format(path: str | Path) -> str:
     """'condlora' or 'peft' from the folder's adapter_config.json; a clear error for anything else."""
-    file = Path(path) / CONFIG_NAME
-    if not file.is_file():
-        raise AdapterLoadError(f"{file} not found: not an adapter folder")
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise AdapterLoadError(f"{file} is not valid JSON: {e}") from None
+    file, data = read_config_json(path)
     if isinstance(data, dict) and "condlora" in data:
         return "condlora"
     if isinstance(data, dict) and "peft_type" in data:

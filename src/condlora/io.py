@@ -69,15 +69,20 @@ def save_adapter(model: nn.Module, path: str | os.PathLike) -> Path:
     return path
 
 
-def read_config(path: str | os.PathLike) -> AdapterConfig:
-    """Read and validate a condlora adapter config; clear errors for missing or malformed files."""
+def read_config_json(path: str | os.PathLike) -> tuple[Path, object]:
+    """The parsed adapter_config.json of folder `path` (any format); clear errors if missing or malformed."""
     file = Path(path) / CONFIG_NAME
     if not file.is_file():
         raise AdapterLoadError(f"{file} not found: not an adapter folder")
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
+        return file, json.loads(file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise AdapterLoadError(f"{file} is not valid JSON: {e}") from None
+
+
+def read_config(path: str | os.PathLike) -> AdapterConfig:
+    """Read and validate a condlora adapter config; clear errors for missing or malformed files."""
+    file, data = read_config_json(path)
     if not isinstance(data, dict) or "condlora" not in data:
         hint = " (a PEFT adapter: load it with peft)" if isinstance(data, dict) and "peft_type" in data else ""
         raise AdapterLoadError(f"{file} is not a condlora adapter config{hint}")
