@@ -336,6 +336,11 @@ def test_end_to_end_with_real_training(tmp_path, capsys):
         assert (tmp_path / "s" / "search" / "rte" / m / "trial1" / "results.json").exists()
     out = capsys.readouterr().out
     assert "| LoRA |" in out and "| CondLoRA | 1,024 |" in out
+    table3 = (tmp_path / "s" / "table3.csv").read_text().splitlines()
+    assert table3[0] == "matrix,rte,avg" and [r.split(",")[0] for r in table3[1:]] == ["A", "B", "dW", "random"]
+    assert all(0.0 <= float(v) <= 1.0 for r in table3[1:] for v in r.split(",")[1:])
+    assert len((tmp_path / "s" / "table3_layers.csv").read_text().splitlines()) == 1 + 4  # 2 layers x q, v
+    assert (tmp_path / "s" / "table3.png").stat().st_size > 0
     mtimes = sorted(p.stat().st_mtime_ns for p in (tmp_path / "s").rglob("results.json"))
     assert cli.main(args) == 0  # re-run: every run and search is reused
     assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "s").rglob("results.json")) == mtimes

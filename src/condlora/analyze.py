@@ -216,7 +216,7 @@ def write_table3(out: Path, rows: list[dict], x_path: str, y_path: str) -> dict[
     md.append("| random | " + " | ".join(fmt(means[c + "_random"]) for c in main) + " |")
     write_text(out / "table3.md", "\n".join(md) + "\n")
     random_mean = _mean([means[c + "_random"] for c in main])
-    _line_plot(out / "table3.png", layers, {c: columns[c] for c in main}, random_mean)
+    line_plot(out / "table3.png", layers, {c: columns[c] for c in main}, random_mean)
     return {"mean": {c: means[c] for c in main}, "random_mean": {c: means[c + "_random"] for c in main}}
 
 
@@ -225,7 +225,7 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(present) / len(present) if present else None
 
 
-def _line_plot(path: Path, layers: list[int], columns: dict[str, tuple[str, list[float | None]]],
+def line_plot(path: Path, layers: list[int], columns: dict[str, tuple[str, list[float | None]]],
                random_mean: float | None) -> None:
     from matplotlib.figure import Figure
 
@@ -245,7 +245,8 @@ def _line_plot(path: Path, layers: list[int], columns: dict[str, tuple[str, list
     _png(path, fig)
 
 
-def _base_loader(model: str, num_labels: int | None):
+def base_loader(model: str, num_labels: int | None):
+    """A cached loader `base(num_labels)` of the base model behind `model`."""
     cache: dict[int, nn.Module] = {}
 
     def base(saved_labels: int | None) -> nn.Module:
@@ -266,7 +267,7 @@ def _read_adapters(args: argparse.Namespace) -> tuple[AdapterMatrices, AdapterMa
     if args.quiet:
         logging.disable_progress_bar()
     try:
-        base = _base_loader(args.model, args.num_labels)
+        base = base_loader(args.model, args.num_labels)
         return read_adapter(args.adapter, base), (read_adapter(args.compare, base) if args.compare else None)
     finally:
         if bar_was_on:

@@ -331,6 +331,11 @@ def run_study(s: StudySettings, run_fn: RunFn = train_run) -> dict[str, Any]:
             write_json(out / "study.json", record)
     record["tables"] = write_tables(record["runs"], s.tasks, s.methods, out,
                                     model=str(s.run_args.get("model", "minilm")), n_seeds=s.seeds)
+    if {"lora", "condlora"} <= set(s.methods):
+        from .table3 import write_study_table3
+
+        table3 = write_study_table3(out, s.tasks, s.seeds, str(s.run_args.get("model", "minilm")))
+        record["tables"] += "\n" + (table3 or "")
     record["complete"] = True
     write_json(out / "study.json", record)
     return record
