@@ -25,6 +25,7 @@ import torch
 from . import __version__
 from .checkpoint import CHECKPOINT_DIR, load_checkpoint, load_trainable, save_checkpoint
 from .data import Encoded, GlueData, load_glue, subsample
+from .distributed import check_distributed
 from .errors import CondLoRAError, ConfigError
 from .fileio import append_jsonl, read_jsonl, write_json, write_text
 from .methods import existing_dir, parameter_counts, save_best, setup_method, trainable_state
@@ -112,11 +113,14 @@ def _accelerator(cfg: TrainConfig):
         raise ConfigError(f"precision {cfg.precision} (autocast) needs a CUDA GPU; use fp32 on CPU")
     from accelerate.state import AcceleratorState
 
+    check_distributed()
     mixed = "no" if cfg.precision == "fp32" else cfg.precision
     if AcceleratorState._shared_state.get("_mixed_precision", mixed) != mixed:
         AcceleratorState._reset_state()  # another precision in the same process; the process group stays
     # cpu=True without CUDA: accelerate only sets up multi-process CPU (gloo) runs under torchrun when told so
-    return Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+    check_distributed(accelerator)
+    return accelerator
 
 
 def _linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:

@@ -1,0 +1,100 @@
+"""Scale-out and crash safety: DDP equals one process, FSDP/DeepSpeed refused early, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from ddp_steps import three_steps
+from glue_fixtures import make_tiny_model_dir, write_glue
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+TESTS = Path(__file__).resolve().parent
+DDP_METHODS = ["condlora", "condlora-frozen-a", "lora"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny BERT without dropout (masks would differ per process) and a small RTE folder."""
+    root = tmp_path_factory.mktemp("scale")
+    model = make_tiny_model_dir(root / "model")
+    cfg = json.loads((model / "config.json").read_text())
+    cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (model / "config.json").write_text(json.dumps(cfg))
+    return {"model": str(model), "glue": str(write_glue(root / "glue", n_train=40, n_dev=8, folders=["RTE"]))}
+
+
+def test_two_ddp_processes_equal_one_after_three_steps(tiny, tmp_path):
+    """torchrun, 2 CPU processes (gloo), batch 8 split 4 + 4: the same parameters as 1 process with batch 8."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(SRC), str(TESTS)])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(TESTS / "ddp_steps.py"), tiny["model"], tiny["glue"], str(tmp_path), *DDP_METHODS]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for method in DDP_METHODS:
+            one = three_steps(tiny["model"], tiny["glue"], tmp_path / "one", method)
+            file = tmp_path / f"{method}.safetensors"
+            with safe_open(str(file), framework="pt") as f:
+                assert f.metadata()["world"] == "2"
+            two = load_file(str(file))
+            assert two.keys() == one.keys() and len(one) >= 4, method
+            for name, value in one.items():
+                torch.testing.assert_close(two[name], value, atol=1e-6, rtol=1e-5, msg=f"{method} {name}")
+            moved = [n for n in one if "theta" in n or "lora_B" in n]
+            assert moved and all(one[n].abs().sum() > 0 for n in moved), method  # B / Θ_B left zero
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_torch_fsdp2_with_generators_in_the_root_unit_equals_one_process(tmp_path):
+    """The adapted model itself works under FSDP2 (fully_shard per layer + root) on CPU/gloo."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(SRC), str(TESTS)])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(TESTS / "fsdp_steps.py")]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    assert [r["train_a"] for r in results] == [True, False]
+    for r in results:
+        assert r["same_names"] and r["n"] == (6 if r["train_a"] else 4), r  # Θ_A, Θ_B per type + head
+        assert r["moved"] > 1e-3 and r["max_diff"] < 1e-6, r
+
+
+@pytest.mark.parametrize(("env", "name"), [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")])
+def test_fsdp_and_deepspeed_are_refused_before_anything_is_written(tiny, tmp_path, monkeypatch, capsys, env, name):
+    from condlora.cli import main as cli_main
+
+    monkeypatch.setenv(env, "true")  # what `accelerate launch --use_fsdp / --use_deepspeed` sets
+    out = tmp_path / "run"
+    code = cli_main(["train", "--task", "rte", "--model", tiny["model"], "--glue-dir", tiny["glue"],
+                     "--output-dir", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert f"does not support {name}" in err[0] and "torchrun --nproc_per_node N" in err[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["FSDP", "DEEPSPEED"])
+def test_sharded_accelerator_is_refused(kind):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from condlora.distributed import check_distributed
+    from condlora.errors import ConfigError
+
+    check_distributed(SimpleNamespace(distributed_type=DistributedType.MULTI_CPU))  # DDP is fine
+    check_distributed(SimpleNamespace(distributed_type=DistributedType.NO))
+    with pytest.raises(ConfigError, match="use DDP"):
+        check_distributed(SimpleNamespace(distributed_type=DistributedType[kind]))
