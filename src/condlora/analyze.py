@@ -60,6 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="CPU threads for the linear algebra (default 1: many small SVDs and solves run best on one "
                         "thread and avoid OpenMP slow-downs on a busy machine)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let transformers run Python code shipped with the model (off by default)")
 
 
 def _rank(layers: list[LayerMatrices]) -> int:
@@ -245,14 +247,14 @@ def line_plot(path: Path, layers: list[int], columns: dict[str, tuple[str, list[
     _png(path, fig)
 
 
-def base_loader(model: str, num_labels: int | None):
+def base_loader(model: str, num_labels: int | None, trust_remote_code: bool = False):
     """A cached loader `base(num_labels)` of the base model behind `model`."""
     cache: dict[int, nn.Module] = {}
 
     def base(saved_labels: int | None) -> nn.Module:
         n = num_labels or saved_labels or next(iter(cache), 2)
         if n not in cache:
-            cache[n] = load_classifier(model, num_labels=n).eval()
+            cache[n] = load_classifier(model, num_labels=n, trust_remote_code=trust_remote_code).eval()
         return cache[n]
 
     return base
@@ -267,7 +269,7 @@ def _read_adapters(args: argparse.Namespace) -> tuple[AdapterMatrices, AdapterMa
     if args.quiet:
         logging.disable_progress_bar()
     try:
-        base = base_loader(args.model, args.num_labels)
+        base = base_loader(args.model, args.num_labels, getattr(args, "trust_remote_code", False))
         return read_adapter(args.adapter, base), (read_adapter(args.compare, base) if args.compare else None)
     finally:
         if bar_was_on:

@@ -22,6 +22,7 @@ SPLIT_SEED = 1
 VAL_FRACTION = 0.1
 HUB_DATASET = "nyu-mll/glue"
 GLUE_DIR_ENV = "CONDLORA_GLUE_DIR"
+SCORE_RANGE = (0.0, 5.0)  # STS-B similarity scores
 
 
 @dataclass(frozen=True)
@@ -139,8 +140,9 @@ def _parse_label(task: GlueTask, value: str, where: str) -> int | float:
             score = float(value)
         except ValueError:
             raise CondLoRAError(f"{where}: score {value!r} is not a number") from None
-        if not np.isfinite(score):
-            raise CondLoRAError(f"{where}: score {value!r} is not finite")
+        if not SCORE_RANGE[0] <= score <= SCORE_RANGE[1]:
+            raise CondLoRAError(f"{where}: score {value!r} is outside {task.name}'s range "
+                                f"{SCORE_RANGE[0]:g} to {SCORE_RANGE[1]:g}")
         return score
     if value not in task.labels:
         raise CondLoRAError(f"{where}: label {value!r} is not one of {', '.join(task.labels)} ({task.name})")

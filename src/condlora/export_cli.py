@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from .io import WEIGHTS_NAME, export_peft_lora, load_adapter, read_config, read_tensors
-from .models import ALIASES_HELP, load_classifier
+from .models import ALIASES_HELP, load_classifier, quiet_loading
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -16,6 +16,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", required=True, help="where to write the PEFT LoRA adapter")
     p.add_argument("--num-labels", type=int, default=None,
                    help="classifier outputs of the base model (default: read from the adapter's head)")
+    p.add_argument("--quiet", action="store_true", help="no weight-loading progress bar")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let transformers run Python code shipped with the model (off by default)")
 
 
 def saved_num_labels(adapter: str | Path) -> int:
@@ -29,7 +32,8 @@ def main(args: argparse.Namespace) -> int:
     """Load model + adapter, write the PEFT export, print where."""
     cfg = read_config(args.adapter)
     num_labels = args.num_labels if args.num_labels is not None else saved_num_labels(args.adapter)
-    model = load_classifier(args.model, num_labels=num_labels)
+    with quiet_loading(args.quiet):
+        model = load_classifier(args.model, num_labels=num_labels, trust_remote_code=args.trust_remote_code)
     load_adapter(model, args.adapter)
     path = export_peft_lora(model, args.output_dir)
     print(f"wrote PEFT LoRA adapter ({cfg.method}, r={cfg.r}) to {path}")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -74,3 +76,18 @@ def head_module_names(model: nn.Module) -> list[str]:
     if not names:
         raise CondLoRAError(f"cannot find a classification head in {type(model).__name__}")
     return names
+
+
+@contextlib.contextmanager
+def quiet_loading(quiet: bool) -> Iterator[None]:
+    """Hide transformers' weight-loading progress bar while `quiet`."""
+    from transformers.utils import logging
+
+    enabled = logging.is_progress_bar_enabled()
+    if quiet:
+        logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            logging.enable_progress_bar()

@@ -47,8 +47,9 @@ PAPER_LR = {
 PRESETS = {"paper": {(t, m): lr for t, lrs in PAPER_LR.items()
                      for m, lr in zip(("lora", "condlora"), lrs, strict=True)}}
 PASS_THROUGH = ("model", "glue_dir", "epochs", "batch_size", "max_length", "max_train_samples",
-                "max_eval_samples", "r", "alpha", "target_modules")
-NOT_IDENTITY = ("quiet", "glue_dir")  # run arguments that may differ between workers or re-runs of one study
+                "max_eval_samples", "r", "alpha", "target_modules", "trust_remote_code")
+# run arguments that may differ between workers or re-runs of one study
+NOT_IDENTITY = ("quiet", "glue_dir", "trust_remote_code")
 RunFn = Callable[[dict[str, Any]], dict[str, Any]]
 
 
@@ -383,6 +384,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--r", type=int)
     g.add_argument("--alpha", type=float)
     g.add_argument("--target-modules", help="comma-separated, e.g. query,value")
+    g.add_argument("--trust-remote-code", action="store_true", help="let transformers run the model's own code")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--run-progress", action="store_true", help="show each run's own progress bar too")
 

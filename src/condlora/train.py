@@ -11,7 +11,6 @@ from its last checkpoint with `resume=True` and ends exactly as an uninterrupted
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import shutil
@@ -30,7 +29,7 @@ from .errors import CondLoRAError, ConfigError
 from .fileio import append_jsonl, read_jsonl, write_json, write_text
 from .methods import existing_dir, parameter_counts, save_best, setup_method, trainable_state
 from .metrics import compute_metrics
-from .models import head_module_names, load_classifier, load_tokenizer
+from .models import head_module_names, load_classifier, load_tokenizer, quiet_loading
 from .train_config import TrainConfig
 
 RUN_FILES = ("config.json", "metrics.jsonl", "results.json", CHECKPOINT_DIR, "best_adapter", "best_adapter_peft",
@@ -132,21 +131,6 @@ def _linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-@contextlib.contextmanager
-def _quiet_loading(quiet: bool):
-    """Hide transformers' weight-loading progress bar while `quiet`."""
-    from transformers.utils import logging
-
-    enabled = logging.is_progress_bar_enabled()
-    if quiet:
-        logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            logging.enable_progress_bar()
-
-
 class Run:
     """The state of one training run: data, model, optimizer and the loop over steps."""
 
@@ -176,9 +160,10 @@ class Run:
     def _build_model(self) -> tuple:
         """Tokenizer and model with the method's adapter; records parameter counts."""
         cfg = self.cfg
-        tokenizer = load_tokenizer(cfg.model)
-        with _quiet_loading(cfg.quiet):
-            model = load_classifier(cfg.model, num_labels=self.task.num_labels)
+        tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        with quiet_loading(cfg.quiet):
+            model = load_classifier(cfg.model, num_labels=self.task.num_labels,
+                                    trust_remote_code=cfg.trust_remote_code)
         if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:  # GPT-style models
             tokenizer.pad_token = tokenizer.eos_token
         if getattr(model.config, "pad_token_id", None) is None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass, field
 
 from .data import get_task
@@ -10,7 +12,7 @@ from .errors import ConfigError
 from .methods import METHODS
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-NOT_RUN_FIELDS = ("quiet", "resume", "overwrite")
+NOT_RUN_FIELDS = ("quiet", "resume", "overwrite", "trust_remote_code")
 
 
 @dataclass
@@ -40,6 +42,7 @@ class TrainConfig:
         quiet: no progress bar or summary.
         resume: continue from output_dir/checkpoint.
         overwrite: replace a different run in output_dir.
+        trust_remote_code: let transformers run Python code shipped with the model (off unless asked for).
     """
 
     task: str
@@ -67,6 +70,7 @@ class TrainConfig:
     quiet: bool = False
     resume: bool = False
     overwrite: bool = False
+    trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
         self.task = get_task(self.task).name
@@ -76,16 +80,33 @@ class TrainConfig:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         if isinstance(self.target_modules, str):
             self.target_modules = [t.strip() for t in self.target_modules.split(",") if t.strip()]
-        for name in ("epochs", "lr", "batch_size", "max_length", "r", "alpha"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
-        for name in ("max_train_samples", "max_eval_samples", "eval_every", "save_every"):
+        for name in ("epochs", "lr", "alpha", "dropout", "warmup_ratio", "weight_decay"):
+            _check_number(name, getattr(self, name), float)
+        for name in ("batch_size", "max_length", "r", "max_train_samples", "max_eval_samples", "eval_every",
+                     "save_every", "seed"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if not 0 <= self.dropout < 1 or not 0 <= self.warmup_ratio <= 1 or self.weight_decay < 0:
-            raise ConfigError("dropout must be in [0, 1), warmup_ratio in [0, 1], weight_decay >= 0")
+            if value is not None or name in ("batch_size", "max_length", "r", "seed"):
+                _check_number(name, value, int)
+        for name in ("epochs", "lr", "alpha", "batch_size", "max_length", "r", "max_train_samples",
+                     "max_eval_samples", "eval_every", "save_every"):
+            value = getattr(self, name)
+            if value is not None and not (0 < value < math.inf):
+                raise ConfigError(f"{name} must be positive, got {value!r}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not 0 <= self.warmup_ratio <= 1:
+            raise ConfigError(f"warmup_ratio must be in [0, 1], got {self.warmup_ratio!r}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
 
     def run_dict(self) -> dict:
         """The settings that define the run (flags like quiet/resume/overwrite left out)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in NOT_RUN_FIELDS}
+
+
+def _check_number(name: str, value: object, kind: type) -> None:
+    """`value` must be an int (kind int) or a real number (kind float); bools and NaN are refused."""
+    ok = isinstance(value, numbers.Integral if kind is int else numbers.Real) and not isinstance(value, bool)
+    if not ok or value != value:
+        what = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{name} must be {what}, got {value!r}")
