@@ -13,6 +13,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from condlora import AdapterConfig, apply_adapter, save_adapter
 from ddp_steps import three_steps
 from glue_fixtures import make_tiny_model_dir, write_glue
 
@@ -98,3 +99,77 @@ def test_sharded_accelerator_is_refused(kind):
     check_distributed(SimpleNamespace(distributed_type=DistributedType.NO))
     with pytest.raises(ConfigError, match="use DDP"):
         check_distributed(SimpleNamespace(distributed_type=DistributedType[kind]))
+
+
+def _half_then(fail):
+    """A writer for `atomic_write` that writes half a file to the temporary name, then `fail()`s."""
+    def write(tmp: str) -> None:
+        Path(tmp).write_bytes(b"x" * 1000)
+        fail()
+
+    return write
+
+
+def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    from condlora.fileio import atomic_write, write_json
+
+    target = tmp_path / "results.json"
+    write_json(target, {"old": 1})
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, _half_then(lambda: (_ for _ in ()).throw(OSError("disk full"))))
+    assert json.loads(target.read_text()) == {"old": 1} and [p.name for p in tmp_path.iterdir()] == ["results.json"]
+    with pytest.raises(OSError):
+        atomic_write(tmp_path / "new.json", _half_then(lambda: (_ for _ in ()).throw(OSError("disk full"))))
+    assert not (tmp_path / "new.json").exists()
+
+
+def test_failed_adapter_and_checkpoint_saves_keep_the_old_ones(tmp_path, monkeypatch):
+    import condlora.io
+    from condlora.methods import replace_dir
+    from conftest import tiny_bert
+
+    model = apply_adapter(tiny_bert(), AdapterConfig(method="condlora", r=4))
+    save_adapter(model, tmp_path / "adapter")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "adapter").iterdir()}
+    with torch.no_grad():
+        next(iter(model.condlora_generators.parameters())).add_(1.0)
+
+    def broken(tensors, path, metadata=None):
+        Path(path).write_bytes(b"\0" * 100)
+        raise OSError("killed")
+
+    monkeypatch.setattr(condlora.io, "save_file", broken)
+    with pytest.raises(OSError, match="killed"):
+        save_adapter(model, tmp_path / "adapter")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "adapter").iterdir()} == before
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "state.json").write_text("{}")
+    with pytest.raises(OSError, match="killed"):
+        replace_dir(tmp_path / "ckpt", lambda tmp: broken({}, tmp / "trainable.safetensors"))
+    assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["state.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "ckpt"]  # no temporary folder left
+
+
+KILL_WRITER = """
+import os, signal, sys
+from pathlib import Path
+from condlora.fileio import atomic_write
+def write(tmp):
+    Path(tmp).write_bytes(b'{"half": ')
+    os.kill(os.getpid(), signal.SIGKILL)
+atomic_write(sys.argv[1], write)
+"""
+
+
+def test_sigkill_during_a_write_never_leaves_a_half_file_under_the_final_name(tmp_path):
+    from condlora.fileio import write_json
+
+    target = tmp_path / "results.json"
+    write_json(target, {"old": 1})
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    for path in (target, tmp_path / "fresh.json"):
+        run = subprocess.run([sys.executable, "-c", KILL_WRITER, str(path)], env=env, timeout=60)
+        assert run.returncode == -9
+    assert json.loads(target.read_text()) == {"old": 1} and not (tmp_path / "fresh.json").exists()
+    leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name != "results.json")
+    assert leftovers and all(n.startswith((".results.json.", ".fresh.json.")) and n.endswith(".tmp") for n in leftovers)
