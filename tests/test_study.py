@@ -220,6 +220,7 @@ def test_two_workers_share_one_study_without_duplicates_or_losses(tmp_path):
     runs, trials = load_shared(tmp_path)
     done = [t for t in trials if t.state.name == "COMPLETE"]
     assert len(runs) == 8 and len({r["dir"] for r in runs}) == 8  # each trial trained exactly once
+    assert len({r["lr"] for r in runs}) == 8  # and the two workers did not draw the same LRs in lockstep
     assert len(done) == 8 and len({t.number for t in done}) == 8
     assert {r["dir"] for r in runs} == {t.user_attrs["run_dir"] for t in done}
     assert {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}  # PRUNED: a worker found the budget spent

@@ -232,6 +232,9 @@ def search_lr(task: str, method: str, base_cfg: dict[str, Any], n_trials: int, s
         if ahead >= n_trials:  # another worker took the last trial meanwhile
             study.stop()
             raise optuna.TrialPruned("trial budget reached")
+        # a sampler seeded per trial number: workers started together (same --search-seed) do not draw the
+        # same LRs in lockstep, and a resumed or single-worker search stays reproducible
+        study.sampler = optuna.samplers.TPESampler(seed=seed * 1_000_003 + trial.number)
         lr = trial.suggest_float("lr", *LR_RANGE, log=True)
         cfg = {**base_cfg, "task": task, "method": method, "seed": seed, "lr": lr,
                "output_dir": str(root / f"trial{trial.number}")}
