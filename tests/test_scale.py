@@ -19,7 +19,7 @@ from glue_fixtures import make_tiny_model_dir, write_glue
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TESTS = Path(__file__).resolve().parent
-DDP_METHODS = ["condlora", "condlora-frozen-a", "lora"]
+DDP_METHODS = ["condlora", "condlora-frozen-a", "lora", "lora-frozen-a"]
 
 
 @pytest.fixture(scope="module")
