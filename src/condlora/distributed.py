@@ -18,9 +18,9 @@ SHARDED = {"FSDP": ("ACCELERATE_USE_FSDP", "FSDP"), "DEEPSPEED": ("ACCELERATE_US
 def check_distributed(accelerator=None) -> None:
     """Refuse FSDP and DeepSpeed early: the checkpoint and adapter code here needs whole (unsharded) tensors.
 
-    Call it before creating the `Accelerator` (the launcher's environment variables; accelerate ignores
-    ACCELERATE_USE_FSDP on CPU and would silently run DDP, or fails with a traceback without a GPU) and
-    again with the accelerator (its `distributed_type`).
+    Call it before creating the `Accelerator` (the launcher's environment variables: without a GPU,
+    accelerate fails with a traceback while building its FSDP plugin) and again with the accelerator (its
+    `distributed_type`).
     """
     kind = getattr(getattr(accelerator, "distributed_type", None), "name", None)
     for key, (env, name) in SHARDED.items():
