@@ -338,7 +338,8 @@ def run_study(s: StudySettings, run_fn: RunFn = train_run) -> dict[str, Any]:
     if {"lora", "condlora"} <= set(s.methods):
         from .table3 import write_study_table3
 
-        table3 = write_study_table3(out, s.tasks, s.seeds, str(s.run_args.get("model", "minilm")))
+        table3 = write_study_table3(out, s.tasks, s.seeds, str(s.run_args.get("model", "minilm")),
+                                    trust_remote_code=bool(s.run_args.get("trust_remote_code")))
         record["tables"] += "\n" + (table3 or "")
     record["complete"] = True
     write_json(out / "study.json", record)

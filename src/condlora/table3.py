@@ -23,9 +23,10 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
-def compare_runs(out: Path, task: str, seeds: int, model: str, x: str, y: str) -> list[dict]:
+def compare_runs(out: Path, task: str, seeds: int, model: str, x: str, y: str,
+                 trust_remote_code: bool = False) -> list[dict]:
     """Per-layer comparison rows of methods x and y for every seed of `task` where both saved an adapter."""
-    base = base_loader(model, None)
+    base = base_loader(model, None, trust_remote_code)
     rows = []
     for seed in range(seeds):
         dirs = [out / "runs" / task / m / f"seed{seed}" / "best_adapter" for m in (x, y)]
@@ -40,10 +41,10 @@ def compare_runs(out: Path, task: str, seeds: int, model: str, x: str, y: str) -
 
 
 def write_study_table3(out_dir: str | Path, tasks: list[str], seeds: int, model: str,
-                       x: str = "lora", y: str = "condlora") -> str | None:
+                       x: str = "lora", y: str = "condlora", trust_remote_code: bool = False) -> str | None:
     """table3.md / .csv (rows A, B, ΔW, random; tasks as columns), table3_layers.csv and table3.png."""
     out = Path(out_dir)
-    rows = [r for t in tasks for r in compare_runs(out, t, seeds, model, x, y)]
+    rows = [r for t in tasks for r in compare_runs(out, t, seeds, model, x, y, trust_remote_code)]
     if not rows:
         return None
     done = [t for t in tasks if any(r["task"] == t for r in rows)]
