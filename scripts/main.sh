@@ -9,7 +9,7 @@ bash scripts/install.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 GLUE=${CONDLORA_GLUE_DIR:-$(cd .. && pwd)/shared/data/glue}
 OUT=${OUT:-runs/study}
-condlora study --tasks rte,mrpc,stsb,cola --methods lora,condlora --seeds 3 --lr-search 3 \
-  --model minilm --glue-dir "$GLUE" --epochs 3 --max-train-samples 400 --max-eval-samples 250 --max-length 96 \
+condlora study --tasks rte,mrpc,stsb,cola --methods lora,condlora --seeds 3 --lr 2e-3 \
+  --model minilm --glue-dir "$GLUE" --epochs 3 --max-train-samples 600 --max-eval-samples 300 --max-length 96 \
   --output-dir "$OUT" ${EXTRA:-}
 echo "tables: $OUT/table2.md $OUT/table4.md"
