@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha of every adapter")
     parser.add_argument("--targets", default="query,value", help="comma-separated target module names")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: torch's default)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="what a step time is: wall seconds, or this process's CPU seconds (use with "
+                             "--threads 1 on a shared machine: other processes' load does not count)")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -130,15 +133,16 @@ def run_all(methods: list[str], args: argparse.Namespace) -> dict[str, dict]:
         for w in workers.values():
             w.info = w.receive()
         runs: dict[str, list[float]] = {m: [] for m in methods}
-        times: dict[str, list[float]] = {m: [] for m in methods}
+        times: dict[str, dict[str, list[float]]] = {m: {"wall": [], "cpu": []} for m in methods}
         bar = tqdm(total=args.repeats * len(methods), disable=args.no_progress, desc="bench", file=sys.stderr)
         for rep in range(args.repeats):
             k = rep % len(methods)
             for m in methods[k:] + methods[:k]:
                 bar.set_postfix_str(m)
                 out = workers[m].ask(cmd="run", steps=args.steps, warmup=args.warmup)
-                runs[m].append(out["median"])
-                times[m].extend(out["times"])
+                runs[m].append(out[f"median_{args.clock}"])
+                times[m]["wall"].extend(out["wall"])
+                times[m]["cpu"].extend(out["cpu"])
                 bar.update()
         bar.close()
         return {m: summarize(runs[m], times[m], workers[m].info, workers[m].ask(cmd="mem"), args.batch_size)
@@ -148,11 +152,13 @@ def run_all(methods: list[str], args: argparse.Namespace) -> dict[str, dict]:
             w.close()
 
 
-def summarize(run_medians: list[float], times: list[float], info: dict, mem: dict, batch: int) -> dict:
+def summarize(run_medians: list[float], times: dict[str, list[float]], info: dict, mem: dict,
+              batch: int) -> dict:
     """One method's numbers: median step seconds, examples/s, spread, memory, trainable parameters."""
     step = statistics.median(run_medians)
     return {"step_s": step, "examples_per_s": batch / step, "run_medians_s": run_medians,
-            "min_step_s": min(times), "trainable": info.get("trainable", 0), "threads": info.get("threads"),
+            "median_wall_s": statistics.median(times["wall"]), "median_cpu_s": statistics.median(times["cpu"]),
+            "trainable": info.get("trainable", 0), "threads": info.get("threads"),
             "peak_mb": mem["peak_mb"], "step_mb": mem["step_mb"], "memory_source": mem["source"]}
 
 
@@ -213,7 +219,8 @@ def main(args: argparse.Namespace) -> int:
     targets = check_targets(results)
     print(f"model={args.model} batch={args.batch_size} length={args.max_length} steps={args.steps} "
           f"warmup={args.warmup} repeats={args.repeats} device={args.device} dtype={args.dtype} r={args.r} "
-          f"targets={args.targets}; step = median over repeats of per-repeat median; "
+          f"targets={args.targets} threads={args.threads or 'default'} clock={args.clock}; "
+          "step = median over repeats of per-repeat median; "
           "mem = peak above post-build level")
     print(table(results))
     for t in targets:
