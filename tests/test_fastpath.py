@@ -76,6 +76,20 @@ def test_low_rank_linear_gradcheck(train_a, conv1d):
     assert torch.autograd.gradcheck(lambda x, a, b: LowRankLinear.apply(x, w0, bias, a, b, 1.5), (x, a, b))
 
 
+@pytest.mark.parametrize("form", ["paper", "general"])
+def test_condlora_generation_inside_gradcheck(form):
+    """With `form`, LowRankLinear generates A, B from Θ_A, Θ_B and returns Θ gradients (float64)."""
+    g = torch.Generator().manual_seed(1)
+    d_out, d_in = (6, 6) if form == "paper" else (7, 5)
+    w0 = torch.randn(d_out, d_in, dtype=torch.float64, generator=g)
+    x = torch.randn(2, 3, d_in, dtype=torch.float64, generator=g, requires_grad=True)
+    ta = torch.randn(2, d_in if form == "paper" else d_out, dtype=torch.float64, generator=g, requires_grad=True)
+    tb = torch.randn(*((2, d_in) if form == "paper" else (d_in, 2)), dtype=torch.float64, generator=g,
+                     requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, ta, tb: LowRankLinear.apply(x, w0, None, ta, tb, 0.5, form),
+                                    (x, ta, tb))
+
+
 def test_layer_fast_and_reference_agree_in_float64():
     """Tight agreement in float64 for a single layer: output, input, A and B gradients."""
     torch.manual_seed(0)

@@ -4,7 +4,8 @@ Every method runs in its own worker process (`condlora.bench_worker`), all start
 Repeats are interleaved: in each repeat every worker in turn runs its warmup and timed steps, in an order
 rotated from repeat to repeat, so machine noise hits every method alike; only one worker computes at a
 time. A method's step time is the median over repeats of its per-repeat median. Peak memory is each
-worker's own high-water mark above its post-build level (see `bench_worker.MemoryMeter`).
+worker's first-step peak of live tensors (activations, gradients, optimizer state, temporaries); the
+JSON adds its resident-set peak (see `bench_worker`).
 """
 
 from __future__ import annotations
@@ -132,6 +133,8 @@ def run_all(methods: list[str], args: argparse.Namespace) -> dict[str, dict]:
     try:
         for w in workers.values():
             w.info = w.receive()
+            if "error" in w.info:
+                raise CondLoRAError(f"{w.method}: {w.info['error']}")
         runs: dict[str, list[float]] = {m: [] for m in methods}
         times: dict[str, dict[str, list[float]]] = {m: {"wall": [], "cpu": []} for m in methods}
         bar = tqdm(total=args.repeats * len(methods), disable=args.no_progress, desc="bench", file=sys.stderr)
@@ -159,7 +162,7 @@ def summarize(run_medians: list[float], times: dict[str, list[float]], info: dic
     return {"step_s": step, "examples_per_s": batch / step, "run_medians_s": run_medians,
             "median_wall_s": statistics.median(times["wall"]), "median_cpu_s": statistics.median(times["cpu"]),
             "trainable": info.get("trainable", 0), "threads": info.get("threads"),
-            "peak_mb": mem["peak_mb"], "step_mb": mem["step_mb"], "memory_source": mem["source"]}
+            "step_mb": info["step_mb"], **mem}
 
 
 def ratio(results: dict, method: str, ref: str, key: str) -> float | None:
@@ -172,7 +175,7 @@ def ratio(results: dict, method: str, ref: str, key: str) -> float | None:
 def table(results: dict) -> str:
     """The one results table: training rows, then inference rows, with ratios."""
     head = (f"{'method':<18} {'step ms':>8} {'ex/s':>7} {'x peft':>7} {'x base':>7} {'mem MiB':>8} "
-            f"{'mem x peft':>10} {'trainable':>10}")
+            f"{'mem x peft':>10} {'RSS MiB':>8} {'trainable':>10}")
     lines = [head, "-" * len(head)]
     for m, r in results.items():
         infer = m.startswith("infer-")
@@ -181,7 +184,7 @@ def table(results: dict) -> str:
         mem_peft = None if infer else ratio(results, m, "peft-lora", "step_mb")
         lines.append(f"{m:<18} {r['step_s'] * 1e3:>8.1f} {r['examples_per_s']:>7.1f} {fmt(vs_peft):>7} "
                      f"{fmt(ratio(results, m, ref_base, 'step_s')):>7} {r['step_mb']:>8.0f} "
-                     f"{fmt(mem_peft):>10} {r['trainable']:>10,}")
+                     f"{fmt(mem_peft):>10} {r.get('rss_peak_mb', float('nan')):>8.0f} {r['trainable']:>10,}")
     return "\n".join(lines)
 
 
@@ -221,7 +224,7 @@ def main(args: argparse.Namespace) -> int:
           f"warmup={args.warmup} repeats={args.repeats} device={args.device} dtype={args.dtype} r={args.r} "
           f"targets={args.targets} threads={args.threads or 'default'} clock={args.clock}; "
           "step = median over repeats of per-repeat median; "
-          "mem = peak above post-build level")
+          "mem = first-step peak of live tensors above the model")
     print(table(results))
     for t in targets:
         status = "not measured" if t["met"] is None else ("met" if t["met"] else "NOT met")

@@ -1,8 +1,9 @@
 """One benchmark method in its own process, driven by `condlora bench` over stdin/stdout.
 
-A fresh process per method makes its peak memory its own: after the model is built the process's
-resident high-water mark is reset (Linux `/proc/self/clear_refs`), so the reported peak covers only
-what training needs on top of the model: activations, gradients, optimizer state and temporaries.
+A fresh process per method keeps its memory its own. Memory is measured twice: the peak of live torch
+tensors during the first step (`first_step_peak_mb`, the number the table shows), and the process's
+resident high-water mark above its post-build level (Linux `/proc/self/clear_refs` resets it), which
+also counts what the C allocator keeps cached.
 The parent sends one JSON command per line (`run`, `mem`, `quit`); the worker answers one line each,
 prefixed with `@@ ` so that stray library output on stdout cannot be mistaken for an answer.
 """
@@ -19,6 +20,8 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from .errors import CondLoRAError
 
 TRAIN_METHODS = ("base", "peft-lora", "lora", "condlora", "condlora-frozen-a", "lora-frozen-a", "full")
 INFER_METHODS = ("infer-base", "infer-merged", "infer-condlora")
@@ -119,28 +122,38 @@ class Runner:
         return wall, cpu
 
 
-class MemoryMeter:
-    """Peak memory above the level right after model build: resident set on CPU, allocator on CUDA."""
+def first_step_peak_mb(runner: Runner) -> float:
+    """Peak MiB of tensors allocated during the method's first step and alive at once.
 
-    def __init__(self, cuda: bool) -> None:
-        self.cuda = cuda
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.start = torch.cuda.memory_allocated()
-            return
-        self.resettable = reset_rss_peak()
-        self.start = read_status_kb("VmRSS") * 1024
+    The first step is the one that also creates the gradients, the optimizer state and any cache, so
+    this is everything training needs on top of the model: activations, gradients, optimizer state and
+    temporaries. CPU: a running sum of torch's own allocation records (profiler, memory on); CUDA:
+    `max_memory_allocated` above the level before the step. Independent of the C allocator's caching.
+    """
+    if runner.cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        runner.step()
+        return (torch.cuda.max_memory_allocated() - start) / 2**20
+    from torch.profiler import ProfilerActivity, profile
 
-    def report(self) -> dict[str, float]:
-        """Peak bytes in MiB: `peak_mb` for the whole process/device, `step_mb` above the post-build level."""
-        if self.cuda:
-            peak = torch.cuda.max_memory_allocated()
-        else:
-            peak = read_status_kb("VmHWM") * 1024
-        return {"peak_mb": peak / 2**20, "step_mb": (peak - self.start) / 2**20,
-                "source": "cuda.max_memory_allocated" if self.cuda else
-                ("VmHWM after clear_refs" if self.resettable else "VmHWM since process start")}
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        runner.step()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    live = peak = 0
+    for e in events:
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak / 2**20
+
+
+def process_peak_mb(cuda: bool, rss_start_kb: int) -> dict[str, float]:
+    """Whole-run peaks: resident set above its post-build level on CPU, `max_memory_allocated` on CUDA."""
+    if cuda:
+        return {"cuda_max_allocated_mb": torch.cuda.max_memory_allocated() / 2**20}
+    return {"rss_peak_mb": (read_status_kb("VmHWM") - rss_start_kb) / 1024}
 
 
 def reset_rss_peak() -> bool:
@@ -173,7 +186,7 @@ def answer(data: dict) -> None:
     sys.stdout.flush()
 
 
-def serve(runner: Runner, meter: MemoryMeter, read_line: Callable[[], str]) -> None:
+def serve(runner: Runner, memory: Callable[[], dict], read_line: Callable[[], str]) -> None:
     """Answer the parent's commands until `quit` or end of input."""
     while line := read_line():
         cmd = json.loads(line)
@@ -182,7 +195,7 @@ def serve(runner: Runner, meter: MemoryMeter, read_line: Callable[[], str]) -> N
             answer({"wall": wall, "cpu": cpu, "median_wall": statistics.median(wall),
                     "median_cpu": statistics.median(cpu)})
         elif cmd["cmd"] == "mem":
-            answer(meter.report())
+            answer(memory())
         else:
             return
 
@@ -209,10 +222,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    runner = Runner(args)
-    meter = MemoryMeter(runner.cuda)
-    answer({"ready": True, "trainable": runner.trainable, "threads": torch.get_num_threads()})
-    serve(runner, meter, sys.stdin.readline)
+    try:
+        runner = Runner(args)
+    except CondLoRAError as e:
+        answer({"error": str(e)})
+        return 2
+    rss_reset = not runner.cuda and reset_rss_peak()
+    rss_start = read_status_kb("VmRSS") if not runner.cuda else 0
+    tensor_peak = first_step_peak_mb(runner)
+    answer({"ready": True, "trainable": runner.trainable, "threads": torch.get_num_threads(),
+            "step_mb": tensor_peak, "rss_reset": rss_reset})
+    serve(runner, lambda: process_peak_mb(runner.cuda, rss_start), sys.stdin.readline)
     return 0
 
 

@@ -66,12 +66,18 @@ class ABGenerator(nn.Module):
 
     def generate(self, w0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A (r × d_in) and B (d_out × r) of the layer whose frozen weight is `w0` (d_out × d_in)."""
-        if self.form == "paper":
-            return self.theta_A @ w0.T, w0 @ self.theta_B.T
-        return self.theta_A @ w0, w0 @ self.theta_B
+        return generate_ab(self.theta_A, self.theta_B, w0, self.form)
 
     def extra_repr(self) -> str:
         return f"d_in={self.d_in}, d_out={self.d_out}, r={self.r}, form={self.form}"
+
+
+def generate_ab(theta_a: torch.Tensor, theta_b: torch.Tensor, w0: torch.Tensor,
+                form: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """CondLoRA's A (r × d_in) and B (d_out × r) from Θ_A, Θ_B and W0 (d_out × d_in) in `form`."""
+    if form == "paper":
+        return theta_a @ w0.T, w0 @ theta_b.T
+    return theta_a @ w0, w0 @ theta_b
 
 
 class LowRankLinear(torch.autograd.Function):
@@ -81,31 +87,39 @@ class LowRankLinear(torch.autograd.Function):
     alone; the adapter adds only thin products with r columns: h = x·Aᵀ (saved, tokens × r), g·B,
     grad B = s·gᵀ·h, grad A = s·(g·B)ᵀ·x. No tokens × d_out adapter output, no extra sums of full-size
     activations, and x is kept only when A trains. The merged weight is rebuilt in backward, not kept.
+    With `form` ("paper" / "general"), `p`, `q` are CondLoRA's Θ_A, Θ_B: A and B are generated inside,
+    again in backward rather than kept, and their gradients are mapped onto Θ_A, Θ_B.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, w0: torch.Tensor, bias: torch.Tensor | None, a: torch.Tensor,
-                b: torch.Tensor, scaling: float) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, w0: torch.Tensor, bias: torch.Tensor | None, p: torch.Tensor,
+                q: torch.Tensor, scaling: float, form: str | None = None) -> torch.Tensor:
+        a, b = (p, q) if form is None else generate_ab(p, q, w0, form)
         y = F.linear(x, torch.addmm(w0, b, a, alpha=scaling), bias)
         need_a, need_b = ctx.needs_input_grad[3], ctx.needs_input_grad[4]
         h = F.linear(x, a) if need_b else None
-        ctx.scaling = scaling
-        ctx.save_for_backward(x if need_a else None, w0, a, b, h)
+        ctx.scaling, ctx.form = scaling, form
+        ctx.save_for_backward(x if need_a else None, w0, p, q, h)
         return y
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
-        x, w0, a, b, h = ctx.saved_tensors
-        s = ctx.scaling
+        x, w0, p, q, h = ctx.saved_tensors
+        s, form = ctx.scaling, ctx.form
+        a, b = (p, q) if form is None else generate_ab(p, q, w0, form)
         g2 = g.reshape(-1, g.shape[-1])
         grad_x = grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = g @ torch.addmm(w0, b, a, alpha=s)
         if ctx.needs_input_grad[3]:
             grad_a = torch.mm((g2 @ b).T, x.reshape(-1, x.shape[-1])).mul_(s)
+            if form is not None:  # A = Θ_A·W0ᵀ (paper) or Θ_A·W0 (general)
+                grad_a = grad_a @ w0 if form == "paper" else grad_a @ w0.T
         if ctx.needs_input_grad[4]:
             grad_b = torch.mm(g2.T, h.reshape(-1, h.shape[-1])).mul_(s)
-        return grad_x, None, None, grad_a, grad_b, None
+            if form is not None:  # B = W0·Θ_Bᵀ (paper) or W0·Θ_B (general)
+                grad_b = grad_b.T @ w0 if form == "paper" else w0.T @ grad_b
+        return grad_x, None, None, grad_a, grad_b, None, None
 
 
 def set_fast_path(model: nn.Module, enabled: bool) -> nn.Module:
@@ -192,6 +206,10 @@ class AdapterLayer(nn.Module):
         self._weight_cache = None
         if x.numel() // x.shape[-1] * (self.d_in + self.d_out) < self.d_in * self.d_out:
             return self.reference_forward(x)  # few tokens: the two thin products are cheaper
+        return self._fast_train(x)
+
+    def _fast_train(self, x: torch.Tensor) -> torch.Tensor:
+        """The training fast path: one `LowRankLinear` call."""
         a, b = self.lora_AB()
         return LowRankLinear.apply(x, self.w0(), self.base.bias, a, b, self.scaling)
 
@@ -262,6 +280,12 @@ class CondLoRALinear(AdapterLayer):
 
     def _sources(self) -> tuple[torch.Tensor, ...]:
         return self.generator.theta_A, self.generator.theta_B
+
+    def _fast_train(self, x: torch.Tensor) -> torch.Tensor:
+        """The training fast path: A and B generated inside `LowRankLinear`, not kept between passes."""
+        self._cache = None
+        gen = self.generator
+        return LowRankLinear.apply(x, self.w0(), self.base.bias, gen.theta_A, gen.theta_B, self.scaling, gen.form)
 
     def _cache_key(self, w0: torch.Tensor) -> tuple:
         ta, tb = self.generator.theta_A, self.generator.theta_B
