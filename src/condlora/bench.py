@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=128, help="tokens per example (random ids)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per method and repeat")
+    parser.add_argument("--infer-steps", type=int, default=None,
+                        help="timed steps of the infer-* methods (default: 3 x --steps; a forward is ~1/3 of a step)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each timed run")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds over all methods")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
@@ -63,6 +65,8 @@ def check_args(args: argparse.Namespace) -> list[str]:
     for name in ("batch_size", "max_length", "steps", "repeats", "r"):
         if getattr(args, name) <= 0:
             raise CondLoRAError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.infer_steps is not None and args.infer_steps <= 0:
+        raise CondLoRAError(f"--infer-steps must be positive, got {args.infer_steps}")
     if args.warmup < 0 or args.threads < 0:
         raise CondLoRAError("--warmup and --threads must not be negative")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -142,7 +146,8 @@ def run_all(methods: list[str], args: argparse.Namespace) -> dict[str, dict]:
             k = rep % len(methods)
             for m in methods[k:] + methods[:k]:
                 bar.set_postfix_str(m)
-                out = workers[m].ask(cmd="run", steps=args.steps, warmup=args.warmup)
+                steps = (args.infer_steps or 3 * args.steps) if m.startswith("infer-") else args.steps
+                out = workers[m].ask(cmd="run", steps=steps, warmup=args.warmup)
                 runs[m].append(out[f"median_{args.clock}"])
                 times[m]["wall"].extend(out["wall"])
                 times[m]["cpu"].extend(out["cpu"])
