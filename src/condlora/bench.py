@@ -107,9 +107,10 @@ class Worker:
                 return json.loads(line[3:])
         self.proc.wait()
         self.stderr.seek(0)
-        tail = self.stderr.read().strip().splitlines()[-3:]
-        raise CondLoRAError(f"benchmark worker for {self.method} exited ({self.proc.returncode}): "
-                            + " | ".join(tail))
+        tail = [ln for ln in self.stderr.read().strip().splitlines() if not ln.startswith("USDT")][-3:]
+        code = self.proc.returncode
+        hint = " (killed: out of memory? try fewer --methods or a smaller batch)" if code == -9 else ""
+        raise CondLoRAError(f"benchmark worker for {self.method} exited ({code}){hint}: " + " | ".join(tail))
 
     def ask(self, **cmd) -> dict:
         """Send one command and wait for its answer."""
