@@ -146,7 +146,7 @@ def test_reference_path_kept_where_fast_path_would_differ():
 
 
 def test_few_tokens_use_thin_products():
-    """With fewer tokens than d_in·d_out/(d_in+d_out) the two thin products are used (same result)."""
+    """With fewer tokens than 2·d_in·d_out/(d_in+d_out) the thin products are used (same result)."""
     layer = LoRALinear(nn.Linear(64, 64).requires_grad_(False), r=4, alpha=4)
     with torch.no_grad():
         layer.lora_B.normal_()
@@ -154,9 +154,9 @@ def test_few_tokens_use_thin_products():
     hook = LowRankLinear.forward
     LowRankLinear.forward = staticmethod(lambda *a: calls.append(1) or hook(*a))
     try:
-        layer(torch.randn(2, 8, 64))
+        layer(torch.randn(2, 31, 64))
         assert calls == []
-        layer(torch.randn(2, 16, 64))
+        layer(torch.randn(2, 32, 64))
         assert calls == [1]
     finally:
         LowRankLinear.forward = staticmethod(hook)

@@ -133,6 +133,10 @@ def set_fast_path(model: nn.Module, enabled: bool) -> nn.Module:
 class AdapterLayer(nn.Module):
     """Common part of the adapter layers: base call, dropout, scaling, merge and unmerge."""
 
+    # The training fast path runs from tokens·(d_in + d_out) >= min_fast_ratio · d_in·d_out (tokens >= d for a
+    # square layer): below that, building W0 + s·B·A twice costs more than the thin products it saves.
+    min_fast_ratio = 2.0
+
     def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float) -> None:
         super().__init__()
         if not isinstance(base, SUPPORTED_TYPES):
@@ -204,8 +208,8 @@ class AdapterLayer(nn.Module):
         if not torch.is_grad_enabled():
             return F.linear(x, self._effective_weight(), self.base.bias)
         self._weight_cache = None
-        if x.numel() // x.shape[-1] * (self.d_in + self.d_out) < self.d_in * self.d_out:
-            return self.reference_forward(x)  # few tokens: the two thin products are cheaper
+        if x.numel() // x.shape[-1] * (self.d_in + self.d_out) < self.min_fast_ratio * self.d_in * self.d_out:
+            return self.reference_forward(x)  # few tokens: the thin products alone are cheaper
         return self._fast_train(x)
 
     def _fast_train(self, x: torch.Tensor) -> torch.Tensor:
