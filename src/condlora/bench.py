@@ -188,9 +188,10 @@ def table(results: dict) -> str:
         ref_base = "infer-base" if infer else "base"
         vs_peft = None if infer else ratio(results, m, "peft-lora", "step_s")
         mem_peft = None if infer else ratio(results, m, "peft-lora", "step_mb")
+        proc_mb = r.get("rss_peak_mb", r.get("cuda_max_allocated_mb", float("nan")))
         lines.append(f"{m:<18} {r['step_s'] * 1e3:>8.1f} {r['examples_per_s']:>7.1f} {fmt(vs_peft):>7} "
                      f"{fmt(ratio(results, m, ref_base, 'step_s')):>7} {r['step_mb']:>8.0f} "
-                     f"{fmt(mem_peft):>10} {r.get('rss_peak_mb', float('nan')):>8.0f} {r['trainable']:>10,}")
+                     f"{fmt(mem_peft):>10} {proc_mb:>8.0f} {r['trainable']:>10,}")
     return "\n".join(lines)
 
 
