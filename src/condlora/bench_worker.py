@@ -167,7 +167,7 @@ def reset_rss_peak() -> bool:
 
 
 def read_status_kb(field: str) -> int:
-    """A kB field of /proc/self/status (VmRSS, VmHWM); psutil's rss as a fallback."""
+    """A kB field of /proc/self/status (VmRSS, VmHWM); where that is missing, `ru_maxrss` (kB on Linux)."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -175,9 +175,9 @@ def read_status_kb(field: str) -> int:
                     return int(line.split()[1])
     except OSError:
         pass
-    import psutil
+    import resource
 
-    return psutil.Process().memory_info().rss // 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def answer(data: dict) -> None:
