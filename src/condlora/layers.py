@@ -19,6 +19,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 SUPPORTED_TYPES = (nn.Linear, Conv1D)
+FAST_DTYPES = (torch.float32, torch.float64)  # where W0 + ΔW keeps ΔW's precision (not bf16 / fp16)
 
 
 def base_weight(base: nn.Module) -> torch.Tensor:
@@ -65,16 +66,76 @@ class ABGenerator(nn.Module):
 
     def generate(self, w0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A (r × d_in) and B (d_out × r) of the layer whose frozen weight is `w0` (d_out × d_in)."""
-        if self.form == "paper":
-            return self.theta_A @ w0.T, w0 @ self.theta_B.T
-        return self.theta_A @ w0, w0 @ self.theta_B
+        return generate_ab(self.theta_A, self.theta_B, w0, self.form)
 
     def extra_repr(self) -> str:
         return f"d_in={self.d_in}, d_out={self.d_out}, r={self.r}, form={self.form}"
 
 
+def generate_ab(theta_a: torch.Tensor, theta_b: torch.Tensor, w0: torch.Tensor,
+                form: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """CondLoRA's A (r × d_in) and B (d_out × r) from Θ_A, Θ_B and W0 (d_out × d_in) in `form`."""
+    if form == "paper":
+        return theta_a @ w0.T, w0 @ theta_b.T
+    return theta_a @ w0, w0 @ theta_b
+
+
+class LowRankLinear(torch.autograd.Function):
+    """y = x · (W0 + s·B·A)ᵀ + bias, with the gradients of the unmerged form; W0 and bias are frozen.
+
+    One full-size product forward and one backward (grad x = g · (W0 + s·B·A)), like the frozen layer
+    alone; the adapter adds only thin products with r columns: h = x·Aᵀ (saved, tokens × r), g·B,
+    grad B = s·gᵀ·h, grad A = s·(g·B)ᵀ·x. No tokens × d_out adapter output, no extra sums of full-size
+    activations, and x is kept only when A trains. The merged weight is rebuilt in backward, not kept.
+    With `form` ("paper" / "general"), `p`, `q` are CondLoRA's Θ_A, Θ_B: A and B are generated inside,
+    again in backward rather than kept, and their gradients are mapped onto Θ_A, Θ_B.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w0: torch.Tensor, bias: torch.Tensor | None, p: torch.Tensor,
+                q: torch.Tensor, scaling: float, form: str | None = None) -> torch.Tensor:
+        a, b = (p, q) if form is None else generate_ab(p, q, w0, form)
+        y = F.linear(x, torch.addmm(w0, b, a, alpha=scaling), bias)
+        need_a, need_b = ctx.needs_input_grad[3], ctx.needs_input_grad[4]
+        h = F.linear(x, a) if need_b else None
+        ctx.scaling, ctx.form = scaling, form
+        ctx.save_for_backward(x if need_a else None, w0, p, q, h)
+        return y
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        x, w0, p, q, h = ctx.saved_tensors
+        s, form = ctx.scaling, ctx.form
+        a, b = (p, q) if form is None else generate_ab(p, q, w0, form)
+        g2 = g.reshape(-1, g.shape[-1])
+        grad_x = grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = g @ torch.addmm(w0, b, a, alpha=s)
+        if ctx.needs_input_grad[3]:
+            grad_a = torch.mm((g2 @ b).T, x.reshape(-1, x.shape[-1])).mul_(s)
+            if form is not None:  # A = Θ_A·W0ᵀ (paper) or Θ_A·W0 (general)
+                grad_a = grad_a @ w0 if form == "paper" else grad_a @ w0.T
+        if ctx.needs_input_grad[4]:
+            grad_b = torch.mm(g2.T, h.reshape(-1, h.shape[-1])).mul_(s)
+            if form is not None:  # B = W0·Θ_Bᵀ (paper) or W0·Θ_B (general)
+                grad_b = grad_b.T @ w0 if form == "paper" else w0.T @ grad_b
+        return grad_x, None, None, grad_a, grad_b, None, None
+
+
+def set_fast_path(model: nn.Module, enabled: bool) -> nn.Module:
+    """Turn the fast path of every adapter layer in `model` on or off (off: the reference formulas)."""
+    for module in model.modules():
+        if isinstance(module, AdapterLayer):
+            module.fast_path = enabled
+    return model
+
+
 class AdapterLayer(nn.Module):
     """Common part of the adapter layers: base call, dropout, scaling, merge and unmerge."""
+
+    # The training fast path runs from tokens·(d_in + d_out) >= min_fast_ratio · d_in·d_out (tokens >= d for a
+    # square layer): below that, building W0 + s·B·A twice costs more than the thin products it saves.
+    min_fast_ratio = 2.0
 
     def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float) -> None:
         super().__init__()
@@ -85,6 +146,8 @@ class AdapterLayer(nn.Module):
         self.scaling = alpha / r
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None
         self.merged = False
+        self.fast_path = True
+        self._weight_cache: tuple[tuple, torch.Tensor] | None = None
         self.register_buffer("_w0", None, persistent=False)
 
     @property
@@ -117,6 +180,7 @@ class AdapterLayer(nn.Module):
         """Add ΔW into the base weight; a second call does nothing. W0 is kept for `unmerge`."""
         if self.merged:
             return
+        self._weight_cache = None
         delta = self.delta_weight().to(self.base.weight.dtype)
         self._w0 = self.base.weight.detach().clone()
         self.base.weight.add_(delta.T if isinstance(self.base, Conv1D) else delta)
@@ -132,13 +196,55 @@ class AdapterLayer(nn.Module):
         self.merged = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """y = base(x) + (alpha / r) · B · A · dropout(x), or base(x) alone while merged."""
-        y = self.base(x)
+        """y = base(x) + (alpha / r) · B · A · dropout(x), or base(x) alone while merged.
+
+        Where the result is the same up to rounding, a fast path computes it as one product with
+        W0 + (alpha / r) · B · A (see `LowRankLinear`); `fast_path = False` forces the reference path.
+        """
         if self.merged:
-            return y
+            return self.base(x)
+        if not self.fast_path or not self._fast_ok(x):
+            return self.reference_forward(x)
+        if not torch.is_grad_enabled():
+            return F.linear(x, self._effective_weight(), self.base.bias)
+        self._weight_cache = None
+        if x.numel() // x.shape[-1] * (self.d_in + self.d_out) < self.min_fast_ratio * self.d_in * self.d_out:
+            return self.reference_forward(x)  # few tokens: the thin products alone are cheaper
+        return self._fast_train(x)
+
+    def _fast_train(self, x: torch.Tensor) -> torch.Tensor:
+        """The training fast path: one `LowRankLinear` call."""
+        a, b = self.lora_AB()
+        return LowRankLinear.apply(x, self.w0(), self.base.bias, a, b, self.scaling)
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The unmerged definition, term by term: base(x) + (alpha / r) · B · (A · dropout(x))."""
+        y = self.base(x)
         a, b = self.lora_AB()
         h = x if self.dropout is None else self.dropout(x)
         return y + F.linear(F.linear(h.to(a.dtype), a), b * self.scaling).to(y.dtype)
+
+    def _fast_ok(self, x: torch.Tensor) -> bool:
+        """Whether the fast path gives the reference result: no live dropout, one float dtype, frozen base."""
+        w, bias = self.base.weight, self.base.bias
+        return ((self.dropout is None or not self.training) and x.dtype == w.dtype and x.dtype in FAST_DTYPES
+                and self._sources()[0].dtype == w.dtype
+                and not w.requires_grad and (bias is None or not bias.requires_grad)
+                and not torch.is_autocast_enabled(x.device.type))
+
+    def _sources(self) -> tuple[torch.Tensor, ...]:
+        """The tensors A and B are computed from (their versions key the no-grad weight cache)."""
+        raise NotImplementedError
+
+    def _effective_weight(self) -> torch.Tensor:
+        """W0 + (alpha / r) · B · A (d_out × d_in), cached while W0, A and B are unchanged (no-grad use)."""
+        key = tuple((t._version, t.data_ptr()) for t in (*self._sources(), self.base.weight))
+        key += (self.base.weight.dtype, self.base.weight.device)
+        if self._weight_cache is None or self._weight_cache[0] != key:
+            with torch.no_grad():
+                a, b = self.lora_AB()
+                self._weight_cache = (key, torch.addmm(self.w0(), b, a, alpha=self.scaling))
+        return self._weight_cache[1]
 
     def extra_repr(self) -> str:
         return f"r={self.r}, scaling={self.scaling:g}, merged={self.merged}"
@@ -159,6 +265,9 @@ class LoRALinear(AdapterLayer):
         """This layer's own A and B."""
         return self.lora_A, self.lora_B
 
+    def _sources(self) -> tuple[torch.Tensor, ...]:
+        return self.lora_A, self.lora_B
+
 
 class CondLoRALinear(AdapterLayer):
     """CondLoRA (Kim et al. 2024): A and B generated from W0 by the module type's shared generator.
@@ -172,6 +281,15 @@ class CondLoRALinear(AdapterLayer):
         super().__init__(base, r, alpha, dropout)
         object.__setattr__(self, "generator", generator)
         self._cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def _sources(self) -> tuple[torch.Tensor, ...]:
+        return self.generator.theta_A, self.generator.theta_B
+
+    def _fast_train(self, x: torch.Tensor) -> torch.Tensor:
+        """The training fast path: A and B generated inside `LowRankLinear`, not kept between passes."""
+        self._cache = None
+        gen = self.generator
+        return LowRankLinear.apply(x, self.w0(), self.base.bias, gen.theta_A, gen.theta_B, self.scaling, gen.form)
 
     def _cache_key(self, w0: torch.Tensor) -> tuple:
         ta, tb = self.generator.theta_A, self.generator.theta_B

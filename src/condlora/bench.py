@@ -1,0 +1,243 @@
+"""`condlora bench`: training and inference speed and memory, side by side with real PEFT LoRA.
+
+Every method runs in its own worker process (`condlora.bench_worker`), all started once and kept alive.
+Repeats are interleaved: in each repeat every worker in turn runs its warmup and timed steps, in an order
+rotated from repeat to repeat, so machine noise hits every method alike; only one worker computes at a
+time. A method's step time is the median over repeats of its per-repeat median. Peak memory is each
+worker's first-step peak of live tensors (activations, gradients, optimizer state, temporaries); the
+JSON adds its resident-set peak (see `bench_worker`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from .errors import CondLoRAError
+from .fileio import write_json
+
+DEFAULT_METHODS = ("base", "peft-lora", "lora", "condlora", "condlora-frozen-a", "lora-frozen-a", "full",
+                   "infer-base", "infer-merged", "infer-condlora")
+TARGETS = (  # (what, method, reference, max ratio)
+    ("condlora step <= 0.95 x peft-lora step", "condlora", "peft-lora", 0.95, "step_s"),
+    ("condlora peak memory <= peft-lora", "condlora", "peft-lora", 1.0, "step_mb"),
+    ("condlora step <= 1.05 x base step", "condlora", "base", 1.05, "step_s"),
+    ("merged inference <= 1.01 x base inference", "infer-merged", "infer-base", 1.01, "step_s"),
+    ("unmerged eval condlora <= 1.05 x base inference", "infer-condlora", "infer-base", 1.05, "step_s"),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `condlora bench`."""
+    parser.add_argument("--model", default="minilm",
+                        help="'minilm' (offline all-MiniLM-L6-v2), 'roberta-base-random', a folder or hub id")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-length", type=int, default=128, help="tokens per example (random ids)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per method and repeat")
+    parser.add_argument("--infer-steps", type=int, default=None,
+                        help="timed steps of the infer-* methods (default: 3 x --steps; a forward is ~1/3 of a step)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each timed run")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds over all methods")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help=f"comma-separated subset of: {', '.join(DEFAULT_METHODS)}")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--r", type=int, default=8, help="rank of every adapter")
+    parser.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha of every adapter")
+    parser.add_argument("--targets", default="query,value", help="comma-separated target module names")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: torch's default)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="what a step time is: wall seconds, or this process's CPU seconds (use with "
+                             "--threads 1 on a shared machine: other processes' load does not count)")
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON here")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def check_args(args: argparse.Namespace) -> list[str]:
+    """The list of methods to run; a clear error for a bad argument."""
+    for name in ("batch_size", "max_length", "steps", "repeats", "r"):
+        if getattr(args, name) <= 0:
+            raise CondLoRAError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.infer_steps is not None and args.infer_steps <= 0:
+        raise CondLoRAError(f"--infer-steps must be positive, got {args.infer_steps}")
+    if args.warmup < 0 or args.threads < 0:
+        raise CondLoRAError("--warmup and --threads must not be negative")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in DEFAULT_METHODS]
+    if unknown or not methods:
+        raise CondLoRAError(f"--methods: unknown method {unknown[0] if unknown else '(none)'!r}; "
+                            f"choose from {', '.join(DEFAULT_METHODS)}")
+    if len(set(methods)) != len(methods):
+        raise CondLoRAError("--methods lists a method twice")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CondLoRAError("--device cuda: no CUDA device is available to this torch "
+                                f"({torch.__version__}); use --device cpu")
+    return methods
+
+
+class Worker:
+    """A `bench_worker` process for one method."""
+
+    def __init__(self, method: str, args: argparse.Namespace) -> None:
+        self.method = method
+        cmd = [sys.executable, "-m", "condlora.bench_worker", "--method", method, "--model", args.model,
+               "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
+               "--device", args.device, "--dtype", args.dtype, "--r", str(args.r), "--alpha", str(args.alpha),
+               "--targets", args.targets, "--threads", str(args.threads)]
+        self.stderr = tempfile.TemporaryFile(mode="w+")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
+                                     text=True, env=env)
+        self.info: dict = {}
+
+    def receive(self) -> dict:
+        """The worker's next answer; a clear error with its stderr tail if it died."""
+        while line := self.proc.stdout.readline():
+            if line.startswith("@@ "):
+                return json.loads(line[3:])
+        self.proc.wait()
+        self.stderr.seek(0)
+        tail = [ln for ln in self.stderr.read().strip().splitlines() if not ln.startswith("USDT")][-3:]
+        code = self.proc.returncode
+        hint = " (killed: out of memory? try fewer --methods or a smaller batch)" if code == -9 else ""
+        raise CondLoRAError(f"benchmark worker for {self.method} exited ({code}){hint}: " + " | ".join(tail))
+
+    def ask(self, **cmd) -> dict:
+        """Send one command and wait for its answer."""
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return self.receive()
+
+    def close(self) -> None:
+        """Ask the worker to quit; kill it if it does not."""
+        try:
+            if self.proc.poll() is None:
+                self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+                self.proc.stdin.close()
+                self.proc.wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+        self.stderr.close()
+
+
+def run_all(methods: list[str], args: argparse.Namespace) -> dict[str, dict]:
+    """Start the workers, run the interleaved repeats, collect times and memory per method."""
+    from tqdm import tqdm
+
+    workers = {m: Worker(m, args) for m in methods}
+    try:
+        for w in workers.values():
+            w.info = w.receive()
+            if "error" in w.info:
+                raise CondLoRAError(f"{w.method}: {w.info['error']}")
+        runs: dict[str, list[float]] = {m: [] for m in methods}
+        times: dict[str, dict[str, list[float]]] = {m: {"wall": [], "cpu": []} for m in methods}
+        bar = tqdm(total=args.repeats * len(methods), disable=args.no_progress, desc="bench", file=sys.stderr)
+        for rep in range(args.repeats):
+            k = rep % len(methods)
+            for m in methods[k:] + methods[:k]:
+                bar.set_postfix_str(m)
+                steps = (args.infer_steps or 3 * args.steps) if m.startswith("infer-") else args.steps
+                out = workers[m].ask(cmd="run", steps=steps, warmup=args.warmup)
+                runs[m].append(out[f"median_{args.clock}"])
+                times[m]["wall"].extend(out["wall"])
+                times[m]["cpu"].extend(out["cpu"])
+                bar.update()
+        bar.close()
+        return {m: summarize(runs[m], times[m], workers[m].info, workers[m].ask(cmd="mem"), args.batch_size)
+                for m in methods}
+    finally:
+        for w in workers.values():
+            w.close()
+
+
+def summarize(run_medians: list[float], times: dict[str, list[float]], info: dict, mem: dict,
+              batch: int) -> dict:
+    """One method's numbers: median step seconds, examples/s, spread, memory, trainable parameters."""
+    step = statistics.median(run_medians)
+    return {"step_s": step, "examples_per_s": batch / step, "run_medians_s": run_medians,
+            "median_wall_s": statistics.median(times["wall"]), "median_cpu_s": statistics.median(times["cpu"]),
+            "trainable": info.get("trainable", 0), "threads": info.get("threads"),
+            "step_mb": info["step_mb"], **mem}
+
+
+def ratio(results: dict, method: str, ref: str, key: str) -> float | None:
+    """results[method][key] / results[ref][key], or None when either is missing."""
+    if method not in results or ref not in results or not results[ref][key]:
+        return None
+    return results[method][key] / results[ref][key]
+
+
+def table(results: dict) -> str:
+    """The one results table: training rows, then inference rows, with ratios."""
+    head = (f"{'method':<18} {'step ms':>8} {'ex/s':>7} {'x peft':>7} {'x base':>7} {'mem MiB':>8} "
+            f"{'mem x peft':>10} {'RSS MiB':>8} {'trainable':>10}")
+    lines = [head, "-" * len(head)]
+    for m, r in results.items():
+        infer = m.startswith("infer-")
+        ref_base = "infer-base" if infer else "base"
+        vs_peft = None if infer else ratio(results, m, "peft-lora", "step_s")
+        mem_peft = None if infer else ratio(results, m, "peft-lora", "step_mb")
+        proc_mb = r.get("rss_peak_mb", r.get("cuda_max_allocated_mb", float("nan")))
+        lines.append(f"{m:<18} {r['step_s'] * 1e3:>8.1f} {r['examples_per_s']:>7.1f} {fmt(vs_peft):>7} "
+                     f"{fmt(ratio(results, m, ref_base, 'step_s')):>7} {r['step_mb']:>8.0f} "
+                     f"{fmt(mem_peft):>10} {proc_mb:>8.0f} {r['trainable']:>10,}")
+    return "\n".join(lines)
+
+
+def fmt(x: float | None) -> str:
+    """A ratio to 3 decimals, or '-'."""
+    return "-" if x is None else f"{x:.3f}"
+
+
+def check_targets(results: dict) -> list[dict]:
+    """Each target of the issue with its measured ratio and whether it is met (None: not measured)."""
+    out = []
+    for what, method, ref, limit, key in TARGETS:
+        value = ratio(results, method, ref, key)
+        out.append({"target": what, "ratio": value, "limit": limit,
+                    "met": None if value is None else value <= limit})
+    return out
+
+
+def machine() -> dict:
+    """Where the numbers were taken."""
+    import torch
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+            "cpu_count": os.cpu_count(), "processor": platform.processor()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the benchmark, print the table and the targets, write JSON if asked."""
+    methods = check_args(args)
+    t0 = time.time()
+    results = run_all(methods, args)
+    targets = check_targets(results)
+    print(f"model={args.model} batch={args.batch_size} length={args.max_length} steps={args.steps} "
+          f"warmup={args.warmup} repeats={args.repeats} device={args.device} dtype={args.dtype} r={args.r} "
+          f"targets={args.targets} threads={args.threads or 'default'} clock={args.clock}; "
+          "step = median over repeats of per-repeat median; "
+          "mem = first-step peak of live tensors above the model")
+    print(table(results))
+    for t in targets:
+        status = "not measured" if t["met"] is None else ("met" if t["met"] else "NOT met")
+        print(f"target {t['target']}: {fmt(t['ratio'])} ({status})")
+    if args.json:
+        settings = {k: v for k, v in vars(args).items() if k not in ("json", "no_progress") and not callable(v)}
+        write_json(args.json, {"settings": settings, "machine": machine(), "results": results,
+                               "targets": targets, "wall_s": time.time() - t0})
+    return 0

@@ -1,0 +1,240 @@
+"""One benchmark method in its own process, driven by `condlora bench` over stdin/stdout.
+
+A fresh process per method keeps its memory its own. Memory is measured twice: the peak of live torch
+tensors during the first step (`first_step_peak_mb`, the number the table shows), and the process's
+resident high-water mark above its post-build level (Linux `/proc/self/clear_refs` resets it), which
+also counts what the C allocator keeps cached.
+The parent sends one JSON command per line (`run`, `mem`, `quit`); the worker answers one line each,
+prefixed with `@@ ` so that stray library output on stdout cannot be mistaken for an answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .errors import CondLoRAError
+
+TRAIN_METHODS = ("base", "peft-lora", "lora", "condlora", "condlora-frozen-a", "lora-frozen-a", "full")
+INFER_METHODS = ("infer-base", "infer-merged", "infer-condlora")
+METHODS = TRAIN_METHODS + INFER_METHODS
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PREFIX = "@@ "
+
+
+def freeze_all_but_head(model: nn.Module) -> list[str]:
+    """Freeze every parameter except the classification head's; returns the head's module names."""
+    from .models import head_module_names
+
+    heads = head_module_names(model)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.split(".")[0] in heads)
+    return heads
+
+
+def apply_method(model: nn.Module, method: str, r: int, alpha: float, targets: list[str]) -> nn.Module:
+    """`model` prepared for `method`: which parameters train, which adapter runs (the head always trains)."""
+    from . import AdapterConfig, apply_adapter, merge_and_unload
+
+    if method == "full":
+        return model.requires_grad_(True)
+    heads = freeze_all_but_head(model)
+    if method in ("base", "infer-base"):
+        # the floor: gradients flow into every layer's input (as below any adapter), only the head trains
+        model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.requires_grad_(True))
+        return model
+    if method == "peft-lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets))
+        for name, p in model.named_parameters():
+            if any(f".{h}." in f".{name}" for h in heads):
+                p.requires_grad_(True)
+        return model
+    kind = "lora" if method.startswith("lora") else "condlora"
+    cfg = AdapterConfig(method=kind, r=r, alpha=alpha, target_modules=targets,
+                        train_a=not method.endswith("frozen-a"), modules_to_save=heads)
+    model = apply_adapter(model, cfg)
+    if method.startswith("infer-"):
+        with torch.no_grad():  # a trained-looking adapter: non-zero Θ_B so ΔW is real work
+            for gen in model.condlora_generators.values():
+                gen.theta_B.normal_(0.0, 1.0, generator=torch.Generator(gen.theta_B.device).manual_seed(1))
+        if method == "infer-merged":
+            model = merge_and_unload(model)
+    return model
+
+
+class Runner:
+    """A model, a batch and an optimizer for one method; `step()` is what is timed."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from .models import load_classifier
+
+        self.device = torch.device(args.device)
+        self.cuda = self.device.type == "cuda"
+        torch.manual_seed(0)
+        model = load_classifier(args.model, num_labels=2, dtype=DTYPES[args.dtype])
+        model = apply_method(model, args.method, args.r, args.alpha, args.targets.split(","))
+        self.model = model.to(self.device)
+        self.train = args.method in TRAIN_METHODS
+        self.model.train(self.train)
+        gen = torch.Generator().manual_seed(1234)
+        vocab = self.model.get_input_embeddings().num_embeddings
+        shape = (args.batch_size, args.max_length)
+        self.ids = torch.randint(5, vocab, shape, generator=gen).to(self.device)
+        self.mask = torch.ones(shape, dtype=torch.long, device=self.device)
+        self.labels = torch.randint(0, 2, (args.batch_size,), generator=gen).to(self.device)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.trainable = sum(p.numel() for p in params) if self.train else 0
+        self.opt = torch.optim.AdamW(params, lr=1e-5) if self.train else None
+
+    def step(self) -> None:
+        """One training step (forward, backward, optimizer) or one no-grad eval forward."""
+        if not self.train:
+            with torch.no_grad():
+                self.model(input_ids=self.ids, attention_mask=self.mask)
+        else:
+            self.opt.zero_grad(set_to_none=True)
+            out = self.model(input_ids=self.ids, attention_mask=self.mask, labels=self.labels)
+            out.loss.backward()
+            self.opt.step()
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def run(self, steps: int, warmup: int) -> tuple[list[float], list[float]]:
+        """Wall and process-CPU seconds of each of `steps` timed steps after `warmup` untimed ones."""
+        for _ in range(warmup):
+            self.step()
+        wall, cpu = [], []
+        for _ in range(steps):
+            t0, c0 = time.perf_counter(), time.process_time()
+            self.step()
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+        return wall, cpu
+
+
+def first_step_peak_mb(runner: Runner) -> float:
+    """Peak MiB of tensors allocated during the method's first step and alive at once.
+
+    The first step is the one that also creates the gradients, the optimizer state and any cache, so
+    this is everything training needs on top of the model: activations, gradients, optimizer state and
+    temporaries. CPU: a running sum of torch's own allocation records (profiler, memory on); CUDA:
+    `max_memory_allocated` above the level before the step. Independent of the C allocator's caching.
+    """
+    if runner.cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        runner.step()
+        return (torch.cuda.max_memory_allocated() - start) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        runner.step()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    live = peak = 0
+    for e in events:
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak / 2**20
+
+
+def process_peak_mb(cuda: bool, rss_start_kb: int) -> dict[str, float]:
+    """Whole-run peaks: resident set above its post-build level on CPU, `max_memory_allocated` on CUDA."""
+    if cuda:
+        return {"cuda_max_allocated_mb": torch.cuda.max_memory_allocated() / 2**20}
+    return {"rss_peak_mb": (read_status_kb("VmHWM") - rss_start_kb) / 1024}
+
+
+def reset_rss_peak() -> bool:
+    """Reset this process's resident-set high-water mark (Linux >= 4.0); False where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def read_status_kb(field: str) -> int:
+    """A kB field of /proc/self/status (VmRSS, VmHWM); where that is missing, `ru_maxrss` (kB on Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def answer(data: dict) -> None:
+    """Write one protocol line to the parent."""
+    sys.stdout.write(PREFIX + json.dumps(data) + "\n")
+    sys.stdout.flush()
+
+
+def serve(runner: Runner, memory: Callable[[], dict], read_line: Callable[[], str]) -> None:
+    """Answer the parent's commands until `quit` or end of input."""
+    while line := read_line():
+        cmd = json.loads(line)
+        if cmd["cmd"] == "run":
+            wall, cpu = runner.run(cmd["steps"], cmd["warmup"])
+            answer({"wall": wall, "cpu": cpu, "median_wall": statistics.median(wall),
+                    "median_cpu": statistics.median(cpu)})
+        elif cmd["cmd"] == "mem":
+            answer(memory())
+        else:
+            return
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The worker's arguments (set by the parent, not by users)."""
+    p = argparse.ArgumentParser(prog="python -m condlora.bench_worker")
+    p.add_argument("--method", choices=METHODS, required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--batch-size", type=int, required=True)
+    p.add_argument("--max-length", type=int, required=True)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    p.add_argument("--r", type=int, default=8)
+    p.add_argument("--alpha", type=float, default=16.0)
+    p.add_argument("--targets", default="query,value")
+    p.add_argument("--threads", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build the method's model, report readiness, then serve commands."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    try:
+        runner = Runner(args)
+    except CondLoRAError as e:
+        answer({"error": str(e)})
+        return 2
+    rss_reset = not runner.cuda and reset_rss_peak()
+    rss_start = read_status_kb("VmRSS") if not runner.cuda else 0
+    tensor_peak = first_step_peak_mb(runner)
+    answer({"ready": True, "trainable": runner.trainable, "threads": torch.get_num_threads(),
+            "step_mb": tensor_peak, "rss_reset": rss_reset})
+    serve(runner, lambda: process_peak_mb(runner.cuda, rss_start), sys.stdin.readline)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
