@@ -123,6 +123,20 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     assert not (tmp_path / "new.json").exists()
 
 
+def test_atomic_files_get_the_mode_a_plain_open_would_give(tmp_path):
+    import os
+
+    from condlora.fileio import write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "a.txt", "x")
+        (tmp_path / "b.txt").write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o644
+
+
 def test_failed_adapter_and_checkpoint_saves_keep_the_old_ones(tmp_path, monkeypatch):
     import condlora.io
     from condlora.methods import replace_dir

@@ -21,6 +21,7 @@ from torch import nn
 
 from .config import AdapterConfig
 from .errors import ConfigError
+from .fileio import current_umask
 from .inject import apply_adapter, linear_names
 from .io import export_peft_lora, save_adapter
 from .layers import draw_matrix, module_seed
@@ -109,6 +110,7 @@ def replace_dir(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         write(tmp)
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; give what a plain mkdir would
         old = path.with_name(f".{path.name}.old")
         if old.exists():
             shutil.rmtree(old)

@@ -336,10 +336,12 @@ def run_study(s: StudySettings, run_fn: RunFn = train_run) -> dict[str, Any]:
     record["tables"] = write_tables(record["runs"], s.tasks, s.methods, out,
                                     model=str(s.run_args.get("model", "minilm")), n_seeds=s.seeds)
     if {"lora", "condlora"} <= set(s.methods):
+        from .models import quiet_loading
         from .table3 import write_study_table3
 
-        table3 = write_study_table3(out, s.tasks, s.seeds, str(s.run_args.get("model", "minilm")),
-                                    trust_remote_code=bool(s.run_args.get("trust_remote_code")))
+        with quiet_loading(s.quiet):
+            table3 = write_study_table3(out, s.tasks, s.seeds, str(s.run_args.get("model", "minilm")),
+                                        trust_remote_code=bool(s.run_args.get("trust_remote_code")))
         record["tables"] += "\n" + (table3 or "")
     record["complete"] = True
     write_json(out / "study.json", record)
