@@ -139,7 +139,7 @@ def test_atomic_files_get_the_mode_a_plain_open_would_give(tmp_path):
 
 def test_failed_adapter_and_checkpoint_saves_keep_the_old_ones(tmp_path, monkeypatch):
     import condlora.io
-    from condlora.methods import replace_dir
+    from condlora.fileio import replace_dir
     from conftest import tiny_bert
 
     model = apply_adapter(tiny_bert(), AdapterConfig(method="condlora", r=4))

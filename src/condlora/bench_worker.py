@@ -30,19 +30,10 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 PREFIX = "@@ "
 
 
-def freeze_all_but_head(model: nn.Module) -> list[str]:
-    """Freeze every parameter except the classification head's; returns the head's module names."""
-    from .models import head_module_names
-
-    heads = head_module_names(model)
-    for name, p in model.named_parameters():
-        p.requires_grad_(name.split(".")[0] in heads)
-    return heads
-
-
 def apply_method(model: nn.Module, method: str, r: int, alpha: float, targets: list[str]) -> nn.Module:
     """`model` prepared for `method`: which parameters train, which adapter runs (the head always trains)."""
     from . import AdapterConfig, apply_adapter, merge_and_unload
+    from .methods import freeze_all_but_head
 
     if method == "full":
         return model.requires_grad_(True)

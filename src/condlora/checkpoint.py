@@ -14,18 +14,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from .errors import CondLoRAError
-from .fileio import write_json
-from .methods import existing_dir, replace_dir, trainable_state
+from .fileio import existing_dir, replace_dir, write_json
+from .io import write_safetensors
+from .methods import trainable_state
 
 CHECKPOINT_DIR = "checkpoint"
-
-
-def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
 
 
 def _optimizer_parts(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -84,10 +81,10 @@ def save_checkpoint(output_dir: Path, model: nn.Module, optimizer: torch.optim.O
     meta = {**state, "optimizer": opt_meta, "scheduler": scheduler.state_dict(), "rng": rng_meta}
 
     def write(tmp: Path) -> None:
-        save_file(_cpu(trainable_state(model)), str(tmp / "trainable.safetensors"))
-        save_file(_cpu(best), str(tmp / "best.safetensors"))
-        save_file(_cpu(opt_tensors), str(tmp / "optimizer.safetensors"))
-        save_file(_cpu(rng_tensors), str(tmp / "rng.safetensors"))
+        write_safetensors(tmp / "trainable.safetensors", trainable_state(model))
+        write_safetensors(tmp / "best.safetensors", best)
+        write_safetensors(tmp / "optimizer.safetensors", opt_tensors)
+        write_safetensors(tmp / "rng.safetensors", rng_tensors)
         write_json(tmp / "state.json", meta)
 
     replace_dir(output_dir / CHECKPOINT_DIR, write)

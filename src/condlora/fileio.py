@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -68,3 +69,36 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return records
+
+
+def replace_dir(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Fill a fresh temporary folder with `write(tmp)`, then swap it in for `path` (no half-written folder).
+
+    A kill between the two renames leaves the previous version as `.NAME.old` (see `existing_dir`).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed while writing
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; give what a plain mkdir would
+        old = path.with_name(f".{path.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def existing_dir(path: str | os.PathLike) -> Path | None:
+    """`path` if it exists, else the previous version `replace_dir` had moved aside, else None."""
+    path = Path(path)
+    old = path.with_name(f".{path.name}.old")
+    return path if path.is_dir() else old if old.is_dir() else None

@@ -54,7 +54,8 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Write tensors (moved to CPU, made contiguous) to a safetensors file atomically."""
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     atomic_write(path, lambda tmp: save_file(cpu, tmp, metadata={"format": "pt"}))
 
@@ -64,7 +65,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike) -> Path:
     cfg = get_config(model)
     path = Path(path)
     cfg.library_version = __version__
-    _write_safetensors(path / WEIGHTS_NAME, adapter_state_dict(model))
+    write_safetensors(path / WEIGHTS_NAME, adapter_state_dict(model))
     write_json(path / CONFIG_NAME, {"condlora": cfg.to_dict()})
     return path
 
@@ -180,6 +181,6 @@ def export_peft_lora(model: nn.Module, path: str | os.PathLike) -> Path:
         bias="none",
     )
     path = Path(path)
-    _write_safetensors(path / WEIGHTS_NAME, peft_lora_tensors(model))
+    write_safetensors(path / WEIGHTS_NAME, peft_lora_tensors(model))
     write_text(path / CONFIG_NAME, json.dumps(peft_cfg.to_dict(), indent=2, sort_keys=True, default=list) + "\n")
     return path

@@ -9,11 +9,7 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -21,15 +17,15 @@ from torch import nn
 
 from .config import AdapterConfig
 from .errors import ConfigError
-from .fileio import current_umask
+from .fileio import replace_dir
 from .inject import apply_adapter, linear_names
-from .io import export_peft_lora, save_adapter
+from .io import PREFIX as PEFT_PREFIX
+from .io import export_peft_lora, save_adapter, write_safetensors
 from .layers import draw_matrix, module_seed
 from .models import head_module_names
 
 METHODS = ("lora", "condlora", "lora-frozen-a", "condlora-frozen-a", "full", "head")
 ADAPTER_METHODS = METHODS[:4]
-PEFT_PREFIX = "base_model.model."
 
 
 def setup_method(model: nn.Module, method: str, r: int, alpha: float, dropout: float,
@@ -42,11 +38,20 @@ def setup_method(model: nn.Module, method: str, r: int, alpha: float, dropout: f
         cfg = AdapterConfig(method="condlora", r=r, alpha=alpha, dropout=dropout, target_modules=target_modules,
                             train_a=method == "condlora", seed=seed, modules_to_save=heads)
         return apply_adapter(model, cfg)
-    if method not in ("full", "head"):
+    if method == "full":
+        return model.requires_grad_(True)
+    if method != "head":
         raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
-    for name, p in model.named_parameters():
-        p.requires_grad_(method == "full" or name.split(".")[0] in heads)
+    freeze_all_but_head(model)
     return model
+
+
+def freeze_all_but_head(model: nn.Module) -> list[str]:
+    """Freeze every parameter except the classification head's; returns the head's module names."""
+    heads = head_module_names(model)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.split(".")[0] in heads)
+    return heads
 
 
 def _peft_lora(model: nn.Module, r: int, alpha: float, dropout: float, target_modules: list[str],
@@ -98,43 +103,8 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
-def replace_dir(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Fill a fresh temporary folder with `write(tmp)`, then swap it in for `path` (no half-written folder).
-
-    A kill between the two renames leaves the previous version as `.NAME.old` (see `existing_dir`).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed while writing
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; give what a plain mkdir would
-        old = path.with_name(f".{path.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
-
-
-def existing_dir(path: str | os.PathLike) -> Path | None:
-    """`path` if it exists, else the previous version `replace_dir` had moved aside, else None."""
-    path = Path(path)
-    old = path.with_name(f".{path.name}.old")
-    return path if path.is_dir() else old if old.is_dir() else None
-
-
 def save_best(model: nn.Module, method: str, output_dir: Path) -> list[str]:
     """Write the best model's adapter: condlora format + PEFT export, PEFT format for lora, weights otherwise."""
-    from safetensors.torch import save_file
-
     if method.startswith("condlora"):
         replace_dir(output_dir / "best_adapter", lambda tmp: save_adapter(model, tmp))
         replace_dir(output_dir / "best_adapter_peft", lambda tmp: export_peft_lora(model, tmp))
@@ -145,6 +115,6 @@ def save_best(model: nn.Module, method: str, output_dir: Path) -> list[str]:
     if method == "full":
         replace_dir(output_dir / "best_model", lambda tmp: model.save_pretrained(tmp))
         return ["best_model"]
-    tensors = {k: v.detach().cpu().contiguous() for k, v in trainable_state(model).items()}
-    replace_dir(output_dir / "best_head", lambda tmp: save_file(tensors, str(tmp / "head.safetensors")))
+    head = trainable_state(model)
+    replace_dir(output_dir / "best_head", lambda tmp: write_safetensors(tmp / "head.safetensors", head))
     return ["best_head"]

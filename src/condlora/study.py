@@ -12,16 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import __version__
 from .errors import CondLoRAError, ConfigError
 from .fileio import write_json
 from .tables import METHOD_LABELS, TASK_LABELS, paired_ttest, plot_search, write_tables
@@ -292,15 +289,10 @@ def choose_lr(task: str, method: str, s: StudySettings, base_cfg: dict[str, Any]
     return {"lr": TrainConfig.lr, "source": "default (TrainConfig.lr)"}
 
 
-def versions() -> dict[str, str]:
-    """Versions of Python and the libraries a study's numbers depend on."""
-    out = {"python": platform.python_version(), "condlora": __version__}
-    for name in ("torch", "transformers", "peft", "optuna", "scipy"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+def _versions() -> dict[str, str]:
+    from .train import versions
+
+    return versions()
 
 
 def _check_same_study(path: Path, s: StudySettings) -> None:
@@ -318,7 +310,7 @@ def run_study(s: StudySettings, run_fn: RunFn = train_run) -> dict[str, Any]:
     """Choose LRs, run the seeds, write study.json and the tables; returns the study.json record."""
     out = Path(s.output_dir)
     _check_same_study(out / "study.json", s)
-    record: dict[str, Any] = {"settings": asdict(s), "versions": versions(), "lr": {}, "runs": [], "complete": False}
+    record: dict[str, Any] = {"settings": asdict(s), "versions": _versions(), "lr": {}, "runs": [], "complete": False}
     pairs = [(t, m) for t in s.tasks for m in s.methods]
     base = {**s.run_args, "quiet": s.quiet or not s.run_progress}
     with _progress(len(pairs) * (s.lr_search or 0), "LR search", s.quiet or not s.lr_search) as bar:

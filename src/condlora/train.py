@@ -26,8 +26,8 @@ from .checkpoint import CHECKPOINT_DIR, load_checkpoint, load_trainable, save_ch
 from .data import Encoded, GlueData, load_glue, subsample
 from .distributed import check_distributed
 from .errors import CondLoRAError, ConfigError
-from .fileio import append_jsonl, read_jsonl, write_json, write_text
-from .methods import existing_dir, parameter_counts, save_best, setup_method, trainable_state
+from .fileio import append_jsonl, existing_dir, read_jsonl, write_json, write_text
+from .methods import parameter_counts, save_best, setup_method, trainable_state
 from .metrics import compute_metrics
 from .models import head_module_names, load_classifier, load_tokenizer, quiet_loading
 from .train_config import TrainConfig
@@ -49,7 +49,7 @@ def versions() -> dict[str, str]:
 
     out = {"python": platform.python_version(), "condlora": __version__}
     for pkg in ("torch", "transformers", "peft", "accelerate", "tokenizers", "safetensors", "numpy",
-                "scikit-learn", "scipy", "datasets"):
+                "scikit-learn", "scipy", "optuna", "datasets"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -153,7 +153,7 @@ class Run:
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.state = {"step": 0, "best_score": None, "best_step": 0, "best_val": {}, "train_time_s": 0.0,
                       "examples": 0, "wall_time_s": 0.0, "loss_sum": 0.0, "loss_count": 0}
-        self.best = {k: v.detach().cpu().clone() for k, v in trainable_state(self.unwrapped).items()}
+        self.best = self.snapshot()
         self._perm_epoch, self._perm = -1, []
         self.checkpoint_step = 0
 
@@ -191,6 +191,10 @@ class Run:
     def unwrapped(self) -> torch.nn.Module:
         """The model without DDP wrapping."""
         return self.acc.unwrap_model(self.model)
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """A CPU copy of the trainable weights (the best-so-far model)."""
+        return {k: v.detach().cpu().clone() for k, v in trainable_state(self.unwrapped).items()}
 
     def batch_indices(self, step: int) -> list[int]:
         """This process's share of the global batch of `step` (a seeded permutation per epoch)."""
@@ -254,7 +258,7 @@ class Run:
         improved = st["best_score"] is None or score > st["best_score"]
         if improved:
             st.update(best_score=score, best_step=st["step"], best_val=metrics)
-            self.best = {k: v.detach().cpu().clone() for k, v in trainable_state(self.unwrapped).items()}
+            self.best = self.snapshot()
         record = {"step": st["step"], "epoch": round(st["step"] / self.steps_per_epoch, 4),
                   "lr": self.scheduler.get_last_lr()[0], "val": metrics, "val_score": score, "best": improved,
                   "train_loss": st["loss_sum"] / max(1, st["loss_count"])}
