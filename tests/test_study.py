@@ -136,12 +136,17 @@ def test_study_with_search_uses_the_best_lr(tmp_path):
     fake = FakeRun()
     record = run_study(settings(tmp_path, tasks="rte", lr_preset=None, lr_search=3, seeds=2), run_fn=fake)
     out = tmp_path / "study"
-    assert len(fake.calls) == 2 * 3 + 2 * 2 and (out / "search" / "optuna.db").exists()
+    # seed 0 is the search seed: the best trial's run is copied, not trained again
+    assert len(fake.calls) == 2 * 3 + 2 * 1 and (out / "search" / "optuna.db").exists()
     for m in ("lora", "condlora"):
         trials = [c for c in fake.calls if c["method"] == m and "/search/" in c["output_dir"]]
         seeds = [c for c in fake.calls if c["method"] == m and "/runs/" in c["output_dir"]]
-        best = max(trials, key=lambda c: val_of(c["lr"]))["lr"]
-        assert record["lr"]["rte"][m]["lr"] == best and {c["lr"] for c in seeds} == {best}
+        best = max(trials, key=lambda c: val_of(c["lr"]))
+        assert record["lr"]["rte"][m]["lr"] == best["lr"] and {c["lr"] for c in seeds} == {best["lr"]}
+        assert [c["seed"] for c in seeds] == [1]
+        copied = out / "runs" / "rte" / m / "seed0" / "results.json"
+        assert copied.read_text() == (Path(best["output_dir"]) / "results.json").read_text()
+    assert [r["seed"] for r in record["runs"]] == [0, 1, 0, 1]
     assert (out / "search.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((out / "study.json").read_text())["lr"]["rte"]["lora"]["source"] == "search"
 
@@ -161,6 +166,54 @@ def test_diverged_trials_fail_and_are_replaced(tmp_path):
     assert all(t["lr"] > 5e-4 for t in res["trials"] if t["state"] == "FAIL")
     with pytest.raises(ZeroDivisionError):  # not in `catch`: the search stops with the error
         search_lr("rte", "lora", {}, 9, db, tmp_path, run_fn=lambda cfg: 1 / 0, catch=())
+
+
+def test_grid_search_tries_every_lr_once_and_resumes(tmp_path):
+    db = f"sqlite:///{tmp_path / 'optuna.db'}"
+    first, again = FakeRun(), FakeRun()
+    res = search_lr("rte", "lora", {}, 99, db, tmp_path, run_fn=first, grid=[3e-3, 1e-4, 3e-4, 1e-4])
+    assert sorted(c["lr"] for c in first.calls) == [1e-4, 3e-4, 3e-3]  # the grid, deduplicated, n_trials ignored
+    assert res["lr"] == 3e-4 and res["n_complete"] == 3 and res["run_dir"].endswith(f"trial{res['best_trial']}")
+    assert search_lr("rte", "lora", {}, 3, db, tmp_path, run_fn=again, grid=[1e-4, 3e-4, 3e-3]) == res
+    assert again.calls == []
+    with pytest.raises(CondLoRAError, match=r"other settings \(lr_grid\)"):
+        search_lr("rte", "lora", {}, 3, db, tmp_path, run_fn=again, grid=[1e-4, 1e-3])
+    with pytest.raises(CondLoRAError, match=r"other settings \(lr_grid, lr_range\)"):
+        search_lr("rte", "lora", {}, 3, db, tmp_path, run_fn=again)
+
+
+def test_grid_lr_that_diverges_scores_minus_inf(tmp_path):
+    fake = FakeRun()
+
+    def diverges_above_1e3(cfg):
+        if cfg["lr"] > 1e-3:
+            raise FloatingPointError("loss became nan")
+        return fake(cfg)
+
+    db = f"sqlite:///{tmp_path / 'optuna.db'}"
+    res = search_lr("rte", "condlora", {}, 3, db, tmp_path, run_fn=diverges_above_1e3, catch=(FloatingPointError,),
+                    grid=[1e-5, 1e-4, 5e-3])
+    assert [c["lr"] for c in fake.calls] == [1e-5, 1e-4] and res["lr"] == 1e-4
+    bad = [t for t in res["trials"] if t["lr"] == 5e-3]
+    assert len(bad) == 1 and bad[0]["val_score"] == -math.inf and "nan" in bad[0]["diverged"]
+    with pytest.raises(CondLoRAError, match="diverged at every learning rate"):
+        search_lr("rte", "lora", {}, 3, db, tmp_path, run_fn=diverges_above_1e3, catch=(FloatingPointError,),
+                  grid=[2e-3, 5e-3])
+
+
+def test_tpe_search_stays_in_lr_range(tmp_path):
+    fake = FakeRun()
+    db = f"sqlite:///{tmp_path / 'optuna.db'}"
+    search_lr("rte", "lora", {}, 5, db, tmp_path, run_fn=fake, lr_range=(1e-3, 1e-2))
+    assert len(fake.calls) == 5 and all(1e-3 <= c["lr"] <= 1e-2 for c in fake.calls)
+
+
+def test_study_with_grid(tmp_path):
+    fake = FakeRun()
+    record = run_study(settings(tmp_path, tasks="rte", lr_preset=None, lr_grid="1e-4,3e-4", seeds=3), run_fn=fake)
+    assert len(fake.calls) == 2 * 2 + 2 * 2  # 2 grid LRs, then seeds 1 and 2 (seed 0 is the best trial)
+    assert {record["lr"]["rte"][m]["lr"] for m in ("lora", "condlora")} == {3e-4}
+    assert (tmp_path / "study" / "search.png").exists() and (tmp_path / "study" / "table2.md").exists()
 
 
 def test_resumed_search_continues(tmp_path):
@@ -267,7 +320,11 @@ def test_single_seed_prints_na(tmp_path):
     ({"methods": "lora,dora"}, "unknown method 'dora'"),
     ({"seeds": 0}, "--seeds must be >= 1"),
     ({"lr_search": 0, "lr_preset": None}, "--lr-search must be >= 1"),
-    ({"lr_search": 4}, "cannot be combined"),
+    ({"lr_search": 4}, "--lr-search and --lr-preset cannot be combined"),
+    ({"lr_grid": "1e-4,2e-4", "lr": 1e-3, "lr_preset": None}, "--lr-grid and --lr cannot be combined"),
+    ({"lr_grid": "1e-4,x", "lr_preset": None}, "--lr-grid: expected comma-separated numbers"),
+    ({"lr_grid": "1e-4,-2", "lr_preset": None}, "--lr-grid: every learning rate must be a positive number"),
+    ({"lr_range": "1e-3", "lr_search": 3, "lr_preset": None}, "--lr-range needs two learning rates"),
     ({"storage": "sqlite:///x.db"}, "only make sense with --lr-search"),
     ({"methods": "lora,full,head"}, "no learning rate for rte/full, rte/head, mrpc/full, mrpc/head"),
 ])
@@ -298,6 +355,10 @@ def test_cli_flags_pass_through_to_every_run(tmp_path):
                           "max_train_samples": 5, "r": 4}
     assert (s.tasks, s.methods, s.seeds, s.lr_search, s.lr_preset) == (["rte", "mrpc", "stsb", "cola"],
                                                                       ["lora", "condlora"], 3, 4, None)
+    assert s.lr_range == (1e-5, 3e-3)
+    argv = ["--output-dir", "x", "--lr-grid", "2e-3, 1e-3", "--lr-range", "1e-4,1e-2"]
+    s = settings_from_args(parser.parse_args(argv))
+    assert (s.lr_grid, s.lr_range, s.n_trials) == ([1e-3, 2e-3], (1e-4, 1e-2), 2)
 
 
 def test_cli_help_and_bad_flags(tmp_path, capsys):

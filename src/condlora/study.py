@@ -12,15 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
-import warnings
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import CondLoRAError, ConfigError
-from .fileio import write_json
+from .fileio import replace_dir, write_json
+from .search import LR_RANGE, NOT_IDENTITY, parse_lrs, search_lr
 from .tables import METHOD_LABELS, TASK_LABELS, paired_ttest, plot_search, write_tables
 
 __all__ = ["PAPER_LR", "StudySettings", "add_arguments", "main", "paired_ttest", "run_seeds", "run_study",
@@ -28,7 +28,6 @@ __all__ = ["PAPER_LR", "StudySettings", "add_arguments", "main", "paired_ttest",
 
 TASKS = tuple(TASK_LABELS)
 METHODS = tuple(METHOD_LABELS)
-LR_RANGE = (1e-5, 3e-3)
 # Learning rates hard-coded by the authors, per task: (LoRA, CondLoRA). Source: github.com/CyberAgentAILab/
 # CondLoRA, experiments/<task>/train.sh (commit 07589eb), `LR=` for lora_type lora / conditional_lora.
 PAPER_LR = {
@@ -45,8 +44,6 @@ PRESETS = {"paper": {(t, m): lr for t, lrs in PAPER_LR.items()
                      for m, lr in zip(("lora", "condlora"), lrs, strict=True)}}
 PASS_THROUGH = ("model", "glue_dir", "epochs", "batch_size", "max_length", "max_train_samples",
                 "max_eval_samples", "r", "alpha", "target_modules", "trust_remote_code")
-# run arguments that may differ between workers or re-runs of one study
-NOT_IDENTITY = ("quiet", "glue_dir", "trust_remote_code")
 RunFn = Callable[[dict[str, Any]], dict[str, Any]]
 
 
@@ -74,7 +71,9 @@ class StudySettings:
     methods: list[str]
     output_dir: str
     seeds: int = 3
-    lr_search: int | None = None  # trials per task x method
+    lr_search: int | None = None  # TPE trials per task x method
+    lr_range: tuple[float, float] = LR_RANGE  # TPE range (log-uniform)
+    lr_grid: list[float] | None = None  # search every LR of this list instead of TPE
     lr_preset: str | None = None
     lr: float | None = None  # fixed LR; with a preset, the fallback where the preset has none
     storage: str | None = None  # Optuna RDB URL; default sqlite under output_dir/search
@@ -91,10 +90,19 @@ class StudySettings:
             raise ConfigError(f"--seeds must be >= 1, got {self.seeds}")
         if self.lr_search is not None and self.lr_search < 1:
             raise ConfigError(f"--lr-search must be >= 1 trial, got {self.lr_search}")
-        if self.lr_search is not None and (self.lr_preset or self.lr is not None):
-            raise ConfigError("--lr-search cannot be combined with --lr-preset or --lr")
-        if (self.storage or self.search_only) and not self.lr_search:
-            raise ConfigError("--storage and --search-only only make sense with --lr-search N_TRIALS")
+        if self.lr_grid is not None:
+            self.lr_grid = parse_lrs(self.lr_grid if isinstance(self.lr_grid, str) else
+                                     ",".join(map(str, self.lr_grid)), "--lr-grid")
+        self.lr_range = tuple(parse_lrs(self.lr_range, "--lr-range") if isinstance(self.lr_range, str)
+                              else self.lr_range)
+        if len(self.lr_range) != 2 or not 0 < self.lr_range[0] < self.lr_range[1]:
+            raise ConfigError(f"--lr-range needs two learning rates LO,HI with LO < HI, got {self.lr_range}")
+        searches = [f for f, v in (("--lr-search", self.lr_search), ("--lr-grid", self.lr_grid),
+                                   ("--lr-preset", self.lr_preset), ("--lr", self.lr)) if v is not None]
+        if self.searched and len(searches) > 1:
+            raise ConfigError(f"{' and '.join(searches)} cannot be combined: choose one way to set the LR")
+        if (self.storage or self.search_only) and not self.searched:
+            raise ConfigError("--storage and --search-only only make sense with --lr-search N or --lr-grid")
         if self.lr is not None and not self.lr > 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
         if self.lr_preset is not None:
@@ -104,6 +112,16 @@ class StudySettings:
             if missing and self.lr is None:
                 raise ConfigError(f"--lr-preset {self.lr_preset} has no learning rate for {', '.join(missing)}; "
                                   "pass --lr X to use X there, or drop those tasks/methods")
+
+    @property
+    def searched(self) -> bool:
+        """Whether the LR of each task x method comes from a search (TPE or grid)."""
+        return bool(self.lr_search or self.lr_grid)
+
+    @property
+    def n_trials(self) -> int:
+        """Search trials per task x method."""
+        return len(self.lr_grid) if self.lr_grid else (self.lr_search or 0)
 
 
 def train_run(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -139,145 +157,44 @@ def _progress(total: int, desc: str, quiet: bool):
     return tqdm(total=total, desc=desc, unit="run", disable=quiet, leave=False)
 
 
-def _storage(url: str, heartbeat: int = 60):
-    """An Optuna RDB storage with heartbeats: trials of killed workers are failed and retried by the others."""
-    import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
-    for attempt in range(6):
-        try:
-            return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
-        except Exception as e:  # bad URL, missing driver, unreachable server; or workers racing to create tables
-            if type(e).__name__ not in ("OperationalError", "IntegrityError") or attempt == 5:
-                raise CondLoRAError(f"cannot open Optuna storage {url!r}: {type(e).__name__}: {e}") from None
-            time.sleep(0.2 * (attempt + 1))
-
-
-def _open_study(task: str, method: str, base_cfg: dict, storage, seed: int):
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(storage=storage, study_name=f"condlora-{task}-{method}", direction="maximize",
-                                sampler=optuna.samplers.TPESampler(seed=seed), load_if_exists=True)
-    run_args = {k: v for k, v in base_cfg.items() if k not in NOT_IDENTITY}
-    fingerprint = json.loads(json.dumps({**run_args, "search_seed": seed}, sort_keys=True, default=str))
-    stored = study.user_attrs.get("run_args")
-    if stored is None:
-        study.set_user_attr("run_args", fingerprint)
-    elif stored != fingerprint:
-        diff = sorted(k for k in set(stored) | set(fingerprint) if stored.get(k) != fingerprint.get(k))
-        raise CondLoRAError(f"study {study.study_name!r} in this storage was run with other settings "
-                            f"({', '.join(diff)}); use another --output-dir or --storage")
-    return study
-
-
-def _wait_for_others(study, poll_s: float) -> None:
-    """Block while other workers still run trials of `study` (stale ones are failed by the heartbeat)."""
-    import optuna
-    from optuna.trial import TrialState
-
-    while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        optuna.storages.fail_stale_trials(study)
-        time.sleep(poll_s)
-
-
-def _diverged_errors() -> tuple[type[Exception], ...]:
-    """Errors that end one search trial (marked failed) instead of the whole search: a diverged training."""
-    try:
-        from .train import TrainingDiverged
-    except ImportError:
-        return ()
-    return (TrainingDiverged,)
-
-
-def _summary(study, task: str, method: str) -> dict[str, Any]:
-    from optuna.trial import TrialState
-
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not done:
-        raise CondLoRAError(f"LR search for {task}/{method} has no completed trial")
-    best = max(done, key=lambda t: (t.value, -t.number))
-    trials = [{"number": t.number, "lr": t.params.get("lr"), "val_score": t.value, "state": t.state.name,
-               **t.user_attrs} for t in study.get_trials(deepcopy=False)]
-    return {"lr": best.params["lr"], "val_score": best.value, "best_trial": best.number, "n_complete": len(done),
-            "source": "search", "study_name": study.study_name, "trials": trials}
-
-
-def search_lr(task: str, method: str, base_cfg: dict[str, Any], n_trials: int, storage: str,
-              output_dir: str | Path, run_fn: RunFn = train_run, seed: int = 0, progress=None,
-              heartbeat: int = 60, poll_s: float = 5.0, catch: tuple[type[Exception], ...] | None = None
-              ) -> dict[str, Any]:
-    """Optuna TPE search of the LR (log-uniform 1e-5..3e-3) maximizing the validation score.
-
-    Resumable and shareable: the study lives in `storage`; every worker calling this with the same arguments
-    adds trials until `n_trials` are complete in total. Trials raising `catch` (default: a diverged training)
-    fail and are replaced. Returns the best LR, its score and every trial.
-    """
-    import optuna
-    from optuna.study import MaxTrialsCallback
-    from optuna.trial import TrialState
-
-    study = _open_study(task, method, base_cfg, _storage(storage, heartbeat), seed)
-    root = Path(output_dir) / "search" / task / method
-    live = (TrialState.COMPLETE, TrialState.RUNNING)
-
-    def objective(trial: optuna.Trial) -> float:
-        ahead = sum(t.number < trial.number for t in study.get_trials(deepcopy=False, states=live))
-        if ahead >= n_trials:  # another worker took the last trial meanwhile
-            study.stop()
-            raise optuna.TrialPruned("trial budget reached")
-        # a sampler seeded per trial number: workers started together (same --search-seed) do not draw the
-        # same LRs in lockstep, and a resumed or single-worker search stays reproducible
-        study.sampler = optuna.samplers.TPESampler(seed=seed * 1_000_003 + trial.number)
-        lr = trial.suggest_float("lr", *LR_RANGE, log=True)
-        cfg = {**base_cfg, "task": task, "method": method, "seed": seed, "lr": lr,
-               "output_dir": str(root / f"trial{trial.number}")}
-        trial.set_user_attr("run_dir", cfg["output_dir"])
-        result = run_once(cfg, run_fn)
-        for key in ("test_score", "examples_per_sec"):
-            if key in result:
-                trial.set_user_attr(key, result[key])
-        if progress is not None:
-            progress.update(1)
-        return float(result["val_score"])
-
-    count = lambda *states: len(study.get_trials(deepcopy=False, states=states))  # noqa: E731
-    if progress is not None:
-        progress.update(min(n_trials, count(TrialState.COMPLETE)))
-    while (remaining := n_trials - count(TrialState.COMPLETE)) > 0:
-        if count(TrialState.FAIL) > 2 * n_trials:
-            raise CondLoRAError(f"LR search for {task}/{method}: {count(TrialState.FAIL)} trials failed; "
-                                "see the run folders under " + str(root))
-        study.optimize(objective, n_trials=remaining, catch=_diverged_errors() if catch is None else catch,
-                       callbacks=[MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,))])
-        _wait_for_others(study, poll_s)  # their trials may fail (dead worker): then the loop retries them
-    return _summary(study, task, method)
-
-
 def run_seeds(task: str, method: str, lr: float, base_cfg: dict[str, Any], seeds: int, output_dir: str | Path,
-              run_fn: RunFn = train_run, progress=None) -> list[dict[str, Any]]:
-    """Seeds 0..seeds-1 at `lr` under output_dir/runs/<task>/<method>/seed<k>; finished runs are reused."""
+              run_fn: RunFn = train_run, progress=None, reuse: dict[int, str] | None = None
+              ) -> list[dict[str, Any]]:
+    """Seeds 0..seeds-1 at `lr` under output_dir/runs/<task>/<method>/seed<k>; finished runs are reused.
+
+    `reuse` maps a seed to the folder of a finished identical run (the search trial of the chosen LR, trained
+    with the search seed): it is copied instead of trained again.
+    """
     results = []
     for seed in range(seeds):
         cfg = {**base_cfg, "task": task, "method": method, "seed": seed, "lr": lr,
                "output_dir": str(Path(output_dir) / "runs" / task / method / f"seed{seed}")}
+        _copy_finished_run((reuse or {}).get(seed), cfg)
         results.append({**run_once(cfg, run_fn), "task": task, "method": method, "seed": seed})
         if progress is not None:
             progress.update(1)
     return results
 
 
+def _copy_finished_run(src: str | None, cfg: dict[str, Any]) -> None:
+    """Copy the run folder `src` to cfg's output_dir if it finished with cfg's seed, method and LR."""
+    dst = Path(cfg["output_dir"])
+    if src is None or (dst / "results.json").exists() or not (Path(src) / "results.json").exists():
+        return
+    done = json.loads((Path(src) / "results.json").read_text(encoding="utf-8"))
+    if (done.get("seed"), done.get("method")) == (cfg["seed"], cfg["method"]) and \
+            math.isclose(float(done.get("lr", math.nan)), cfg["lr"], rel_tol=1e-9):
+        replace_dir(dst, lambda tmp: shutil.copytree(src, tmp, dirs_exist_ok=True))
+
+
 def choose_lr(task: str, method: str, s: StudySettings, base_cfg: dict[str, Any], run_fn: RunFn,
               progress=None) -> dict[str, Any]:
     """The LR of task x method: searched, from the preset, or fixed (--lr, else the train default)."""
-    if s.lr_search:
+    if s.searched:
         storage = s.storage or f"sqlite:///{Path(s.output_dir).resolve() / 'search' / 'optuna.db'}"
         Path(s.output_dir, "search").mkdir(parents=True, exist_ok=True)
-        return search_lr(task, method, base_cfg, s.lr_search, storage, s.output_dir, run_fn,
-                         seed=s.search_seed, progress=progress)
+        return search_lr(task, method, base_cfg, s.n_trials, storage, s.output_dir, run_fn,
+                         seed=s.search_seed, progress=progress, lr_range=s.lr_range, grid=s.lr_grid)
     if s.lr_preset and (task, method) in PRESETS[s.lr_preset]:
         return {"lr": PRESETS[s.lr_preset][(task, method)], "source": f"preset {s.lr_preset}"}
     if s.lr is not None:
@@ -313,17 +230,20 @@ def run_study(s: StudySettings, run_fn: RunFn = train_run) -> dict[str, Any]:
     record: dict[str, Any] = {"settings": asdict(s), "versions": _versions(), "lr": {}, "runs": [], "complete": False}
     pairs = [(t, m) for t in s.tasks for m in s.methods]
     base = {**s.run_args, "quiet": s.quiet or not s.run_progress}
-    with _progress(len(pairs) * (s.lr_search or 0), "LR search", s.quiet or not s.lr_search) as bar:
+    with _progress(len(pairs) * s.n_trials, "LR search", s.quiet or not s.searched) as bar:
         for t, m in pairs:
             record["lr"].setdefault(t, {})[m] = choose_lr(t, m, s, base, run_fn, bar)
             write_json(out / "study.json", record)
-    if s.lr_search:
-        plot_search(record["lr"], out / "search.png", LR_RANGE)
+    if s.searched:
+        lo, hi = (s.lr_grid[0], s.lr_grid[-1]) if s.lr_grid else s.lr_range
+        plot_search(record["lr"], out / "search.png", (lo / 1.5, hi * 1.5))
     if s.search_only:
         return record
     with _progress(len(pairs) * s.seeds, "runs", s.quiet) as bar:
         for t, m in pairs:
-            record["runs"] += run_seeds(t, m, record["lr"][t][m]["lr"], base, s.seeds, out, run_fn, bar)
+            chosen = record["lr"][t][m]
+            reuse = {s.search_seed: chosen["run_dir"]} if chosen.get("run_dir") else None
+            record["runs"] += run_seeds(t, m, chosen["lr"], base, s.seeds, out, run_fn, bar, reuse)
             write_json(out / "study.json", record)
     record["tables"] = write_tables(record["runs"], s.tasks, s.methods, out,
                                     model=str(s.run_args.get("model", "minilm")), n_seeds=s.seeds)
@@ -344,6 +264,7 @@ EPILOG = """examples:
   condlora study --tasks rte,mrpc,stsb,cola --methods lora,condlora --seeds 3 --lr-preset paper \\
       --model minilm --output-dir runs/study
   condlora study --lr-search 20 --seeds 5 --output-dir runs/study        # resumable; re-run to continue
+  condlora study --lr-grid 5e-4,1e-3,2e-3,5e-3 --output-dir runs/study   # every LR; seed 0 reuses its trial
 
 several workers on one search (processes or machines; same flags everywhere):
   condlora study --lr-search 20 --storage postgresql://u:p@host/db --search-only --output-dir DIR   # on each
@@ -362,10 +283,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", required=True, help="study folder (runs, search, tables, study.json)")
     lr = p.add_mutually_exclusive_group()
     lr.add_argument("--lr-search", type=int, metavar="N_TRIALS",
-                    help="Optuna TPE search over LR in [1e-5, 3e-3] (log), N_TRIALS per task x method")
+                    help="Optuna TPE search over LR in --lr-range (log), N_TRIALS per task x method")
+    lr.add_argument("--lr-grid", metavar="LR,LR,...",
+                    help="try every LR of this list per task x method (Optuna study of enqueued trials); "
+                         "the best on validation is used")
     lr.add_argument("--lr-preset", choices=sorted(PRESETS),
                     help="learning rates hard-coded in the authors' scripts (LoRA and CondLoRA only)")
     p.add_argument("--lr", type=float, help="fixed LR for every run, or the fallback where the preset has none")
+    p.add_argument("--lr-range", default=",".join(map(str, LR_RANGE)), metavar="LO,HI",
+                   help="range of the TPE search (default %(default)s, the issue's; CondLoRA may want more)")
     p.add_argument("--storage", help="Optuna storage URL shared by several workers, e.g. postgresql://... "
                    "(default: sqlite under OUTPUT_DIR/search)")
     p.add_argument("--search-seed", type=int, default=0, help="training seed of search runs and TPE seed (default 0)")
@@ -393,7 +319,8 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
     if "target_modules" in run_args:
         run_args["target_modules"] = [m.strip() for m in run_args["target_modules"].split(",") if m.strip()]
     return StudySettings(tasks=args.tasks, methods=args.methods, output_dir=args.output_dir, seeds=args.seeds,
-                         lr_search=args.lr_search, lr_preset=args.lr_preset, lr=args.lr, storage=args.storage,
+                         lr_search=args.lr_search, lr_grid=args.lr_grid, lr_range=args.lr_range,
+                         lr_preset=args.lr_preset, lr=args.lr, storage=args.storage,
                          search_seed=args.search_seed, search_only=args.search_only, quiet=args.quiet,
                          run_progress=args.run_progress,
                          run_args=run_args)

@@ -1,0 +1,176 @@
+"""The learning-rate search of `condlora study`: one Optuna study per task x method, resumable and shareable.
+
+Two kinds: TPE over a log-uniform range (`--lr-search N`, `--lr-range LO,HI`), or every LR of a fixed grid
+(`--lr-grid a,b,c`, enqueued as trials of the same Optuna study, so resuming and sharing work the same way).
+Trials train with the search seed under `<output_dir>/search/<task>/<method>/trial<k>`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import CondLoRAError, ConfigError
+
+__all__ = ["LR_RANGE", "parse_lrs", "search_lr"]
+
+LR_RANGE = (1e-5, 3e-3)
+# run arguments that may differ between workers or re-runs of one study
+NOT_IDENTITY = ("quiet", "glue_dir", "trust_remote_code")
+RunFn = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def parse_lrs(text: str, flag: str) -> list[float]:
+    """Comma-separated positive learning rates, e.g. '1e-3,2e-3' (ConfigError naming `flag` otherwise)."""
+    try:
+        values = [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag}: expected comma-separated numbers such as 1e-4,3e-4, got {text!r}") from None
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ConfigError(f"{flag}: every learning rate must be a positive number, got {text!r}")
+    return sorted(set(values))
+
+
+def _storage(url: str, heartbeat: int = 60):
+    """An Optuna RDB storage with heartbeats: trials of killed workers are failed and retried by the others."""
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
+    for attempt in range(6):
+        try:
+            return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+        except Exception as e:  # bad URL, missing driver, unreachable server; or workers racing to create tables
+            if type(e).__name__ not in ("OperationalError", "IntegrityError") or attempt == 5:
+                raise CondLoRAError(f"cannot open Optuna storage {url!r}: {type(e).__name__}: {e}") from None
+            time.sleep(0.2 * (attempt + 1))
+
+
+def _open_study(task: str, method: str, base_cfg: dict, storage, seed: int, space: dict[str, Any]):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=storage, study_name=f"condlora-{task}-{method}", direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=seed), load_if_exists=True)
+    run_args = {k: v for k, v in base_cfg.items() if k not in NOT_IDENTITY}
+    fingerprint = json.loads(json.dumps({**run_args, "search_seed": seed, **space}, sort_keys=True, default=str))
+    stored = study.user_attrs.get("run_args")
+    if stored is None:
+        study.set_user_attr("run_args", fingerprint)
+    elif stored != fingerprint:
+        diff = sorted(k for k in set(stored) | set(fingerprint) if stored.get(k) != fingerprint.get(k))
+        raise CondLoRAError(f"study {study.study_name!r} in this storage was run with other settings "
+                            f"({', '.join(diff)}); use another --output-dir or --storage")
+    return study
+
+
+def _wait_for_others(study, poll_s: float) -> None:
+    """Block while other workers still run trials of `study` (stale ones are failed by the heartbeat)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        optuna.storages.fail_stale_trials(study)
+        time.sleep(poll_s)
+
+
+def _diverged_errors() -> tuple[type[Exception], ...]:
+    """Errors that end one search trial instead of the whole search: a diverged training."""
+    try:
+        from .train import TrainingDiverged
+    except ImportError:
+        return ()
+    return (TrainingDiverged,)
+
+
+def _summary(study, task: str, method: str) -> dict[str, Any]:
+    from optuna.trial import TrialState
+
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not done:
+        raise CondLoRAError(f"LR search for {task}/{method} has no completed trial")
+    best = max(done, key=lambda t: (t.value, -t.number))
+    if best.value == -math.inf:
+        raise CondLoRAError(f"LR search for {task}/{method}: training diverged at every learning rate tried; "
+                            "try lower ones")
+    trials = [{"number": t.number, "lr": t.params.get("lr"), "val_score": t.value, "state": t.state.name,
+               **t.user_attrs} for t in study.get_trials(deepcopy=False)]
+    return {"lr": best.params["lr"], "val_score": best.value, "best_trial": best.number, "n_complete": len(done),
+            "source": "search", "study_name": study.study_name, "run_dir": best.user_attrs.get("run_dir"),
+            "trials": trials}
+
+
+def search_lr(task: str, method: str, base_cfg: dict[str, Any], n_trials: int, storage: str,
+              output_dir: str | Path, run_fn: RunFn | None = None, seed: int = 0, progress=None,
+              heartbeat: int = 60, poll_s: float = 5.0, catch: tuple[type[Exception], ...] | None = None,
+              lr_range: tuple[float, float] = LR_RANGE, grid: Sequence[float] | None = None) -> dict[str, Any]:
+    """Search the LR maximizing the validation score: TPE (log-uniform in `lr_range`), or every LR of `grid`.
+
+    Resumable and shareable: the study lives in `storage`; every worker calling this with the same arguments
+    adds trials until `n_trials` (with a grid: one per grid LR) are complete in total. In a TPE search a trial
+    raising `catch` (default: a diverged training) fails and is replaced; in a grid it scores -inf.
+    Returns the best LR, its score, the run folder of the best trial and every trial.
+    """
+    import optuna
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
+    if run_fn is None:
+        from .study import train_run as run_fn
+    from .study import run_once
+
+    grid = sorted(set(grid)) if grid else None
+    lo, hi = (grid[0], grid[-1]) if grid else lr_range
+    n_trials = len(grid) if grid else n_trials
+    space = {"lr_grid": grid} if grid else {"lr_range": list(lr_range)}
+    study = _open_study(task, method, base_cfg, _storage(storage, heartbeat), seed, space)
+    catch = _diverged_errors() if catch is None else catch
+    for lr in grid or ():
+        study.enqueue_trial({"lr": lr}, skip_if_exists=True)
+    root = Path(output_dir) / "search" / task / method
+    live = (TrialState.COMPLETE, TrialState.RUNNING)
+
+    def objective(trial: optuna.Trial) -> float:
+        ahead = sum(t.number < trial.number for t in study.get_trials(deepcopy=False, states=live))
+        if ahead >= n_trials:  # another worker took the last trial meanwhile
+            study.stop()
+            raise optuna.TrialPruned("trial budget reached")
+        # a sampler seeded per trial number: workers started together (same --search-seed) do not draw the
+        # same LRs in lockstep, and a resumed or single-worker search stays reproducible
+        study.sampler = optuna.samplers.TPESampler(seed=seed * 1_000_003 + trial.number)
+        lr = trial.suggest_float("lr", lo, hi, log=True)  # a grid LR comes from the queue
+        cfg = {**base_cfg, "task": task, "method": method, "seed": seed, "lr": lr,
+               "output_dir": str(root / f"trial{trial.number}")}
+        trial.set_user_attr("run_dir", cfg["output_dir"])
+        try:
+            result = run_once(cfg, run_fn)
+        except catch as e:
+            if not grid:
+                raise
+            trial.set_user_attr("diverged", str(e)[:200])
+            result = {"val_score": -math.inf}
+        for key in ("test_score", "examples_per_sec"):
+            if key in result:
+                trial.set_user_attr(key, result[key])
+        if progress is not None:
+            progress.update(1)
+        return float(result["val_score"])
+
+    count = lambda *states: len(study.get_trials(deepcopy=False, states=states))  # noqa: E731
+    if progress is not None:
+        progress.update(min(n_trials, count(TrialState.COMPLETE)))
+    while (remaining := n_trials - count(TrialState.COMPLETE)) > 0:
+        if count(TrialState.FAIL) > 2 * n_trials:
+            raise CondLoRAError(f"LR search for {task}/{method}: {count(TrialState.FAIL)} trials failed; "
+                                "see the run folders under " + str(root))
+        study.optimize(objective, n_trials=remaining, catch=catch,
+                       callbacks=[MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,))])
+        _wait_for_others(study, poll_s)  # their trials may fail (dead worker): then the loop retries them
+    return _summary(study, task, method)
