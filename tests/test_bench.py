@@ -71,3 +71,14 @@ def test_tiny_end_to_end_run(tmp_path, capsys):
         assert len(r["run_medians_s"]) == 2 and r["step_s"] > 0
         assert r["step_mb"] > 0 and r["rss_peak_mb"] >= 0
     assert "condlora" in capsys.readouterr().out
+
+
+def test_worker_command_passes_every_flag():
+    from condlora import bench_worker
+
+    args = parse("--model", "m", "--methods", "condlora", "--trust-remote-code", "--compile", "--r", "4")
+    cmd = bench.worker_command("condlora", args)
+    assert cmd[1:3] == ["-m", "condlora.bench_worker"]
+    w = bench_worker.parse_args(cmd[3:])
+    assert (w.method, w.model, w.r, w.trust_remote_code, w.compile) == ("condlora", "m", 4, True, True)
+    assert not bench_worker.parse_args(bench.worker_command("base", parse("--model", "m"))[3:]).compile

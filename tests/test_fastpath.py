@@ -162,3 +162,23 @@ def test_few_tokens_use_thin_products():
         assert calls == [1]
     finally:
         LowRankLinear.forward = staticmethod(hook)
+
+
+@pytest.mark.parametrize("method", ["lora", "condlora"])
+def test_torch_compile_full_graph_matches_eager(method):
+    """torch.compile traces the adapted model in one graph (no breaks) and gives eager's outputs and grads."""
+    model = apply_adapter(tiny_bert(), AdapterConfig(method=method, r=4, target_modules=["query", "value"]))
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    perturb(model)
+    ids = torch.randint(1, 100, (2, 40), generator=torch.Generator().manual_seed(3))
+    ref_out, ref_grads = grads_after_step(model, ids, fast=True)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)  # fullgraph: a break is an error
+    model.zero_grad(set_to_none=True)
+    out = compiled(input_ids=ids).logits
+    out.float().pow(2).sum().backward()
+    torch.testing.assert_close(out.detach(), ref_out)
+    for name, grad in ref_grads.items():
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, msg=name)

@@ -56,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="what a step time is: wall seconds, or this process's CPU seconds (use with "
                              "--threads 1 on a shared machine: other processes' load does not count)")
+    parser.add_argument("--trust-remote-code", action="store_true", help="let transformers run the model's own code")
+    parser.add_argument("--compile", action="store_true",
+                        help="wrap every method's model in torch.compile (needs a C++ compiler on CPU)")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -85,15 +88,21 @@ def check_args(args: argparse.Namespace) -> list[str]:
     return methods
 
 
+def worker_command(method: str, args: argparse.Namespace) -> list[str]:
+    """The command line of the `bench_worker` process for `method`."""
+    cmd = [sys.executable, "-m", "condlora.bench_worker", "--method", method, "--model", args.model,
+           "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
+           "--device", args.device, "--dtype", args.dtype, "--r", str(args.r), "--alpha", str(args.alpha),
+           "--targets", args.targets, "--threads", str(args.threads)]
+    return cmd + ["--trust-remote-code"] * bool(args.trust_remote_code) + ["--compile"] * bool(args.compile)
+
+
 class Worker:
     """A `bench_worker` process for one method."""
 
     def __init__(self, method: str, args: argparse.Namespace) -> None:
         self.method = method
-        cmd = [sys.executable, "-m", "condlora.bench_worker", "--method", method, "--model", args.model,
-               "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
-               "--device", args.device, "--dtype", args.dtype, "--r", str(args.r), "--alpha", str(args.alpha),
-               "--targets", args.targets, "--threads", str(args.threads)]
+        cmd = worker_command(method, args)
         self.stderr = tempfile.TemporaryFile(mode="w+")
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,

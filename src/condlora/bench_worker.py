@@ -72,9 +72,11 @@ class Runner:
         self.device = torch.device(args.device)
         self.cuda = self.device.type == "cuda"
         torch.manual_seed(0)
-        model = load_classifier(args.model, num_labels=2, dtype=DTYPES[args.dtype])
+        model = load_classifier(args.model, num_labels=2, dtype=DTYPES[args.dtype],
+                                trust_remote_code=args.trust_remote_code)
         model = apply_method(model, args.method, args.r, args.alpha, args.targets.split(","))
         self.model = model.to(self.device)
+        self.forward = torch.compile(self.model) if args.compile else self.model
         self.train = args.method in TRAIN_METHODS
         self.model.train(self.train)
         gen = torch.Generator().manual_seed(1234)
@@ -91,10 +93,10 @@ class Runner:
         """One training step (forward, backward, optimizer) or one no-grad eval forward."""
         if not self.train:
             with torch.no_grad():
-                self.model(input_ids=self.ids, attention_mask=self.mask)
+                self.forward(input_ids=self.ids, attention_mask=self.mask)
         else:
             self.opt.zero_grad(set_to_none=True)
-            out = self.model(input_ids=self.ids, attention_mask=self.mask, labels=self.labels)
+            out = self.forward(input_ids=self.ids, attention_mask=self.mask, labels=self.labels)
             out.loss.backward()
             self.opt.step()
         if self.cuda:
@@ -204,6 +206,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--alpha", type=float, default=16.0)
     p.add_argument("--targets", default="query,value")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--compile", action="store_true")
     return p.parse_args(argv)
 
 
