@@ -15,12 +15,9 @@ from .adapter_matrices import read_adapter
 from .analyze import base_loader, compare_adapters, line_plot
 from .errors import CondLoRAError
 from .fileio import write_text
+from .tables import mean_or_nan
 
 KINDS = (("A", "A"), ("B", "B"), ("dW", "ΔW"))
-
-
-def _mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs) if xs else float("nan")
 
 
 def compare_runs(out: Path, task: str, seeds: int, model: str, x: str, y: str,
@@ -48,8 +45,8 @@ def write_study_table3(out_dir: str | Path, tasks: list[str], seeds: int, model:
     if not rows:
         return None
     done = [t for t in tasks if any(r["task"] == t for r in rows)]
-    cell = {(t, k): _mean([r[k] for r in rows if r["task"] == t]) for t in done for k, _ in KINDS}
-    cell.update({(t, "random"): _mean([r[k + "_random"] for r in rows if r["task"] == t for k, _ in KINDS])
+    cell = {(t, k): mean_or_nan([r[k] for r in rows if r["task"] == t]) for t in done for k, _ in KINDS}
+    cell.update({(t, "random"): mean_or_nan([r[k + "_random"] for r in rows if r["task"] == t for k, _ in KINDS])
                  for t in done})
     names = [*KINDS, ("random", "random")]
     md = [f"Table 3: φ between {x} and {y} matrices (A: right singular vectors; B, ΔW: left; i = j = r), "
@@ -58,8 +55,8 @@ def write_study_table3(out_dir: str | Path, tasks: list[str], seeds: int, model:
     csv = ["matrix," + ",".join(done) + ",avg"]
     for key, label in names:
         vals = [cell[(t, key)] for t in done]
-        md.append(f"| {label} | " + " | ".join(f"{v:.4f}" for v in vals) + f" | {_mean(vals):.4f} |")
-        csv.append(f"{key}," + ",".join(f"{v:.6f}" for v in vals) + f",{_mean(vals):.6f}")
+        md.append(f"| {label} | " + " | ".join(f"{v:.4f}" for v in vals) + f" | {mean_or_nan(vals):.4f} |")
+        csv.append(f"{key}," + ",".join(f"{v:.6f}" for v in vals) + f",{mean_or_nan(vals):.6f}")
     write_text(out / "table3.md", "\n".join(md) + "\n")
     write_text(out / "table3.csv", "\n".join(csv) + "\n")
     _write_layers(out, rows)
@@ -71,6 +68,6 @@ def _write_layers(out: Path, rows: list[dict]) -> None:
     lines = [",".join(keys)] + [",".join(str(r[k]) for k in keys) for r in rows]
     write_text(out / "table3_layers.csv", "\n".join(lines) + "\n")
     layers = sorted({r["layer"] for r in rows})
-    columns = {k: (label, [_mean([r[k] for r in rows if r["layer"] == n]) for n in layers]) for k, label in KINDS}
-    random_mean = _mean([r[k + "_random"] for r in rows for k, _ in KINDS])
+    columns = {k: (label, [mean_or_nan([r[k] for r in rows if r["layer"] == n]) for n in layers]) for k, label in KINDS}
+    random_mean = mean_or_nan([r[k + "_random"] for r in rows for k, _ in KINDS])
     line_plot(out / "table3.png", layers, columns, random_mean)

@@ -56,7 +56,8 @@ class Table2:
     pvalue: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-def _mean(xs: list[float]) -> float:
+def mean_or_nan(xs: list[float]) -> float:
+    """The mean of `xs`, NaN when empty."""
     return statistics.fmean(xs) if xs else math.nan
 
 
@@ -67,7 +68,7 @@ def _std(xs: list[float]) -> float:
 def seed_averages(by_task: dict[str, dict[int, float]], tasks: list[str]) -> dict[int, float]:
     """Per-seed average over `tasks`, for the seeds present in every task."""
     common = set.intersection(*(set(by_task.get(t, {})) for t in tasks)) if tasks else set()
-    return {s: _mean([by_task[t][s] for t in tasks]) for s in sorted(common)}
+    return {s: mean_or_nan([by_task[t][s] for t in tasks]) for s in sorted(common)}
 
 
 def table_score(result: dict) -> float:
@@ -91,9 +92,9 @@ def build_table2(runs: list[dict], tasks: list[str], methods: list[str]) -> Tabl
     t = Table2(tasks, methods, {m: scores.get(m, {}) for m in methods})
     for m in methods:
         by_task = t.scores[m]
-        t.mean[m] = {k: _mean(list(by_task.get(k, {}).values())) for k in tasks}
+        t.mean[m] = {k: mean_or_nan(list(by_task.get(k, {}).values())) for k in tasks}
         t.std[m] = {k: _std(list(by_task.get(k, {}).values())) for k in tasks}
-        t.mean[m]["avg"] = _mean([t.mean[m][k] for k in tasks])
+        t.mean[m]["avg"] = mean_or_nan([t.mean[m][k] for k in tasks])
         t.std[m]["avg"] = _std(list(seed_averages(by_task, tasks).values()))
     base = methods[0]
     for m in methods[1:]:
@@ -122,7 +123,7 @@ def build_table4(runs: list[dict], methods: list[str]) -> list[Table4Row]:
         mine = [r for r in runs if r["method"] == m]
         rows.append(Table4Row(
             m, sorted({int(r["trainable_params"]) for r in mine}), sorted({int(r["head_params"]) for r in mine}),
-            _mean([float(r["examples_per_sec"]) for r in mine]), math.nan, math.nan))
+            mean_or_nan([float(r["examples_per_sec"]) for r in mine]), math.nan, math.nan))
     base = rows[0]
     for row in rows:
         p0 = base.adapter_params[-1] if base.adapter_params else 0
