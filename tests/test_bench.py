@@ -82,3 +82,22 @@ def test_worker_command_passes_every_flag():
     w = bench_worker.parse_args(cmd[3:])
     assert (w.method, w.model, w.r, w.trust_remote_code, w.compile) == ("condlora", "m", 4, True, True)
     assert not bench_worker.parse_args(bench.worker_command("base", parse("--model", "m"))[3:]).compile
+
+
+@pytest.mark.parametrize("flag", [[], ["--trust-remote-code"]])
+def test_worker_passes_trust_remote_code_to_the_loader(monkeypatch, flag):
+    import condlora.models
+    from condlora import bench_worker
+    from condlora.errors import CondLoRAError
+
+    seen = []
+
+    def spy(name, *args, trust_remote_code=False, **kwargs):
+        seen.append(trust_remote_code)
+        raise CondLoRAError("stop")
+
+    monkeypatch.setattr(condlora.models, "load_classifier", spy)
+    with pytest.raises(CondLoRAError, match="stop"):
+        bench_worker.Runner(bench_worker.parse_args(["--method", "base", "--model", "m", "--batch-size", "1",
+                                                     "--max-length", "4", *flag]))
+    assert seen == [bool(flag)]
