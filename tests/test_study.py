@@ -151,14 +151,20 @@ def test_study_with_search_uses_the_best_lr(tmp_path):
     assert json.loads((out / "study.json").read_text())["lr"]["rte"]["lora"]["source"] == "search"
 
 
-def test_diverged_trials_fail_and_are_replaced(tmp_path):
-    fake = FakeRun()
+def diverging_above(limit: float, fake: FakeRun):
+    """A runner that raises FloatingPointError (a diverged training) above LR `limit`, else runs `fake`."""
 
-    def diverges_above_5e4(cfg):
-        if cfg["lr"] > 5e-4:
+    def run(cfg):
+        if cfg["lr"] > limit:
             raise FloatingPointError("loss became nan")
         return fake(cfg)
 
+    return run
+
+
+def test_diverged_trials_fail_and_are_replaced(tmp_path):
+    fake = FakeRun()
+    diverges_above_5e4 = diverging_above(5e-4, fake)
     db = f"sqlite:///{tmp_path / 'optuna.db'}"
     res = search_lr("rte", "lora", {}, 5, db, tmp_path, run_fn=diverges_above_5e4, catch=(FloatingPointError,))
     states = [t["state"] for t in res["trials"]]
@@ -184,12 +190,7 @@ def test_grid_search_tries_every_lr_once_and_resumes(tmp_path):
 
 def test_grid_lr_that_diverges_scores_minus_inf(tmp_path):
     fake = FakeRun()
-
-    def diverges_above_1e3(cfg):
-        if cfg["lr"] > 1e-3:
-            raise FloatingPointError("loss became nan")
-        return fake(cfg)
-
+    diverges_above_1e3 = diverging_above(1e-3, fake)
     db = f"sqlite:///{tmp_path / 'optuna.db'}"
     res = search_lr("rte", "condlora", {}, 3, db, tmp_path, run_fn=diverges_above_1e3, catch=(FloatingPointError,),
                     grid=[1e-5, 1e-4, 5e-3])
