@@ -236,7 +236,7 @@ def run_study(s: StudySettings, run_fn: RunFn = train_run) -> dict[str, Any]:
             write_json(out / "study.json", record)
     if s.searched:
         lo, hi = (s.lr_grid[0], s.lr_grid[-1]) if s.lr_grid else s.lr_range
-        plot_search(record["lr"], out / "search.png", (lo / 1.5, hi * 1.5))
+        plot_search(record["lr"], out / "search.png", (lo / 1.5, hi * 1.5), ticks=s.lr_grid)
     if s.search_only:
         return record
     with _progress(len(pairs) * s.seeds, "runs", s.quiet) as bar:

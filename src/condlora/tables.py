@@ -245,8 +245,10 @@ def plot_table2(t: Table2, path: str | Path) -> None:
 
 
 def plot_search(lrs: dict[str, dict[str, dict]], path: str | Path,
-                lr_range: tuple[float, float] = (1e-5, 3e-3)) -> None:
-    """Validation score against learning rate of every search trial, one panel per task, written as PNG."""
+                lr_range: tuple[float, float] = (1e-5, 3e-3), ticks: list[float] | None = None) -> None:
+    """Validation score against learning rate of every search trial, one panel per task, written as PNG.
+
+    `ticks`: label these learning rates on the x axis (a grid search's LRs)."""
     import matplotlib
     import matplotlib.ticker
 
@@ -256,7 +258,7 @@ def plot_search(lrs: dict[str, dict[str, dict]], path: str | Path,
     tasks = [t for t, by_m in lrs.items() if any("trials" in v for v in by_m.values())]
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.0), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
-        for m, v in lrs[task].items():
+        for m, v in sorted(lrs[task].items(), key=lambda mv: list(METHOD_LABELS).index(mv[0])):  # fixed colours
             done = [t for t in v.get("trials", []) if t["state"] == "COMPLETE"]
             dots = ax.scatter([t["lr"] for t in done], [100 * t["val_score"] for t in done], s=14,
                               label=METHOD_LABELS[m])
@@ -264,6 +266,8 @@ def plot_search(lrs: dict[str, dict[str, dict]], path: str | Path,
         ax.set_xscale("log")
         ax.set_xlim(*lr_range)
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        if ticks:
+            ax.set_xticks(ticks, [f"{t:.0e}" for t in ticks], fontsize=7)
         ax.set_title(f"{TASK_LABELS[task]} (dashed: chosen LR)", fontsize=9)
         ax.set_xlabel("learning rate")
     axes[0][0].set_ylabel("validation score x100")
