@@ -119,12 +119,10 @@ def search_lr(task: str, method: str, base_cfg: dict[str, Any], n_trials: int, s
     Returns the best LR, its score, the run folder of the best trial and every trial.
     """
     import optuna
-    from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
     if run_fn is None:
         from .study import train_run as run_fn
-    from .study import run_once
 
     grid = sorted(set(grid)) if grid else None
     lo, hi = (grid[0], grid[-1]) if grid else lr_range
@@ -148,29 +146,43 @@ def search_lr(task: str, method: str, base_cfg: dict[str, Any], n_trials: int, s
         lr = trial.suggest_float("lr", lo, hi, log=True)  # a grid LR comes from the queue
         cfg = {**base_cfg, "task": task, "method": method, "seed": seed, "lr": lr,
                "output_dir": str(root / f"trial{trial.number}")}
-        trial.set_user_attr("run_dir", cfg["output_dir"])
-        try:
-            result = run_once(cfg, run_fn)
-        except catch as e:
-            if not grid:
-                raise
-            trial.set_user_attr("diverged", str(e)[:200])
-            result = {"val_score": -math.inf}
-        for key in ("test_score", "examples_per_sec"):
-            if key in result:
-                trial.set_user_attr(key, result[key])
+        score = _run_trial(trial, cfg, run_fn, catch if grid else ())
         if progress is not None:
             progress.update(1)
-        return float(result["val_score"])
+        return score
+
+    _optimize(study, objective, n_trials, catch, poll_s, progress, f"{task}/{method}", root)
+    return _summary(study, task, method)
+
+
+def _run_trial(trial, cfg: dict[str, Any], run_fn: RunFn, diverged: tuple[type[Exception], ...]) -> float:
+    """Train one trial's run; its validation score (-inf if it raised one of `diverged`)."""
+    from .study import run_once
+
+    trial.set_user_attr("run_dir", cfg["output_dir"])
+    try:
+        result = run_once(cfg, run_fn)
+    except diverged as e:
+        trial.set_user_attr("diverged", str(e)[:200])
+        return -math.inf
+    for key in ("test_score", "examples_per_sec"):
+        if key in result:
+            trial.set_user_attr(key, result[key])
+    return float(result["val_score"])
+
+
+def _optimize(study, objective, n_trials: int, catch, poll_s: float, progress, what: str, root: Path) -> None:
+    """Run trials until `n_trials` are complete in the storage (with every worker), retrying failed ones."""
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
 
     count = lambda *states: len(study.get_trials(deepcopy=False, states=states))  # noqa: E731
     if progress is not None:
         progress.update(min(n_trials, count(TrialState.COMPLETE)))
     while (remaining := n_trials - count(TrialState.COMPLETE)) > 0:
         if count(TrialState.FAIL) > 2 * n_trials:
-            raise CondLoRAError(f"LR search for {task}/{method}: {count(TrialState.FAIL)} trials failed; "
-                                "see the run folders under " + str(root))
+            raise CondLoRAError(f"LR search for {what}: {count(TrialState.FAIL)} trials failed; "
+                                f"see the run folders under {root}")
         study.optimize(objective, n_trials=remaining, catch=catch,
                        callbacks=[MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,))])
         _wait_for_others(study, poll_s)  # their trials may fail (dead worker): then the loop retries them
-    return _summary(study, task, method)
