@@ -238,7 +238,8 @@ def main(args: argparse.Namespace) -> int:
     targets = check_targets(results)
     print(f"model={args.model} batch={args.batch_size} length={args.max_length} steps={args.steps} "
           f"warmup={args.warmup} repeats={args.repeats} device={args.device} dtype={args.dtype} r={args.r} "
-          f"targets={args.targets} threads={args.threads or 'default'} clock={args.clock}; "
+          f"targets={args.targets} threads={args.threads or 'default'} clock={args.clock}"
+          f"{' compiled (torch.compile)' if args.compile else ''}; "
           "step = median over repeats of per-repeat median; "
           "mem = first-step peak of live tensors above the model")
     print(table(results))
