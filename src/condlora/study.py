@@ -13,14 +13,13 @@ import argparse
 import json
 import math
 import shutil
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import CondLoRAError, ConfigError
 from .fileio import replace_dir, write_json
-from .search import LR_RANGE, NOT_IDENTITY, parse_lrs, search_lr
+from .search import LR_RANGE, NOT_IDENTITY, RunFn, parse_lrs, search_lr
 from .tables import METHOD_LABELS, TASK_LABELS, paired_ttest, plot_search, write_tables
 
 __all__ = ["PAPER_LR", "StudySettings", "add_arguments", "main", "paired_ttest", "run_seeds", "run_study",
@@ -44,7 +43,6 @@ PRESETS = {"paper": {(t, m): lr for t, lrs in PAPER_LR.items()
                      for m, lr in zip(("lora", "condlora"), lrs, strict=True)}}
 PASS_THROUGH = ("model", "glue_dir", "epochs", "batch_size", "max_length", "max_train_samples",
                 "max_eval_samples", "r", "alpha", "target_modules", "trust_remote_code")
-RunFn = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 def parse_names(text: str | list[str], known: tuple[str, ...], what: str) -> list[str]:
