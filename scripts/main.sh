@@ -20,7 +20,7 @@ if [ "${WORKERS:-2}" -ge 2 ]; then
   mkdir -p "$OUT"
   OMP_NUM_THREADS=1 study --tasks rte,cola --quiet >"$OUT/worker-rte-cola.log" 2>&1 & first=$!
   OMP_NUM_THREADS=1 study --tasks mrpc,stsb --quiet >"$OUT/worker-mrpc-stsb.log" 2>&1 & second=$!
-  echo "two workers training (logs: $OUT/worker-*.log); this takes about 1.5 hours on 2 CPU cores"
+  echo "two workers training (logs: $OUT/worker-*.log); this takes about 1.5-2 hours on 2 CPU cores"
   wait "$first" || { tail -n 5 "$OUT/worker-rte-cola.log"; exit 1; }
   wait "$second" || { tail -n 5 "$OUT/worker-mrpc-stsb.log"; exit 1; }
 fi
