@@ -1,10 +1,10 @@
-"""`condlora study`: the paper's comparison. LR per task x method (Optuna TPE search or the authors' preset),
-N seeds at that LR, paired t-tests, Tables 2 and 4, and study.json.
+"""`condlora study`: the paper's comparison. LR per task x method (Optuna TPE search, a grid searched through
+Optuna, the authors' preset or fixed), N seeds at that LR, paired t-tests, Tables 2, 3 and 4, and study.json.
 
 Layout under --output-dir: `search/optuna.db` (the default Optuna storage), `search/<task>/<method>/trial<k>`,
-`runs/<task>/<method>/seed<k>`, `study.json`, `table2.{md,csv,png}`, `table4.{md,csv}`. Re-running skips
+`runs/<task>/<method>/seed<k>`, `study.json`, `table2.{md,csv,png}`, `table3.*`, `table4.{md,csv}`. Re-running skips
 finished runs and continues unfinished searches. Several workers (processes or machines) can share one search
-through `--storage URL` (any Optuna RDB URL); together they run exactly --lr-search trials per study.
+through `--storage URL` (any Optuna RDB URL); together they run exactly the search's trials per study.
 """
 
 from __future__ import annotations
