@@ -25,11 +25,12 @@ NOT_IDENTITY = ("quiet", "glue_dir", "trust_remote_code")
 RunFn = Callable[[dict[str, Any]], dict[str, Any]]
 
 
-def parse_lrs(text: str, flag: str) -> list[float]:
-    """Comma-separated positive learning rates, e.g. '1e-3,2e-3' (ConfigError naming `flag` otherwise)."""
+def parse_lrs(text: str | Sequence[float], flag: str) -> list[float]:
+    """Positive learning rates, sorted and unique, from '1e-3,2e-3' or a list (ConfigError naming `flag`)."""
+    items = text.split(",") if isinstance(text, str) else list(text)
     try:
-        values = [float(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
+        values = [float(v) for v in items if str(v).strip()]
+    except (TypeError, ValueError):
         raise ConfigError(f"{flag}: expected comma-separated numbers such as 1e-4,3e-4, got {text!r}") from None
     if not values or not all(math.isfinite(v) and v > 0 for v in values):
         raise ConfigError(f"{flag}: every learning rate must be a positive number, got {text!r}")

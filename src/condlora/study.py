@@ -89,8 +89,7 @@ class StudySettings:
         if self.lr_search is not None and self.lr_search < 1:
             raise ConfigError(f"--lr-search must be >= 1 trial, got {self.lr_search}")
         if self.lr_grid is not None:
-            self.lr_grid = parse_lrs(self.lr_grid if isinstance(self.lr_grid, str) else
-                                     ",".join(map(str, self.lr_grid)), "--lr-grid")
+            self.lr_grid = parse_lrs(self.lr_grid, "--lr-grid")
         self.lr_range = tuple(parse_lrs(self.lr_range, "--lr-range") if isinstance(self.lr_range, str)
                               else self.lr_range)
         if len(self.lr_range) != 2 or not 0 < self.lr_range[0] < self.lr_range[1]:
@@ -131,21 +130,30 @@ def train_run(cfg: dict[str, Any]) -> dict[str, Any]:
     return train(TrainConfig(**{"resume": True, **cfg}))
 
 
+def _finished(run_dir: str | Path) -> dict[str, Any] | None:
+    """The results.json of a finished run in `run_dir` (None if absent or unreadable)."""
+    path = Path(run_dir) / "results.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+    except json.JSONDecodeError:
+        return None
+
+
+def _same_run(done: dict[str, Any], cfg: dict[str, Any]) -> bool:
+    """Whether the finished results `done` were trained with cfg's seed, method and LR."""
+    same_lr = math.isclose(float(done.get("lr", math.nan)), cfg["lr"], rel_tol=1e-9)
+    return done.get("seed") == cfg["seed"] and done.get("method") == cfg["method"] and same_lr
+
+
 def run_once(cfg: dict[str, Any], run_fn: RunFn) -> dict[str, Any]:
     """Return the finished results.json in cfg's output_dir if it matches cfg, else run `run_fn(cfg)`."""
     path = Path(cfg["output_dir"]) / "results.json"
-    if path.exists():
-        try:
-            done = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            done = None
-        if done is not None:
-            same_lr = math.isclose(float(done.get("lr", math.nan)), cfg["lr"], rel_tol=1e-9)
-            if done.get("seed") == cfg["seed"] and done.get("method") == cfg["method"] and same_lr:
-                return done
-            raise CondLoRAError(f"{path} holds a run with seed={done.get('seed')}, method={done.get('method')}, "
-                                f"lr={done.get('lr')}, not seed={cfg['seed']}, method={cfg['method']}, "
-                                f"lr={cfg['lr']}: use another --output-dir or delete that folder")
+    if (done := _finished(cfg["output_dir"])) is not None:
+        if _same_run(done, cfg):
+            return done
+        raise CondLoRAError(f"{path} holds a run with seed={done.get('seed')}, method={done.get('method')}, "
+                            f"lr={done.get('lr')}, not seed={cfg['seed']}, method={cfg['method']}, "
+                            f"lr={cfg['lr']}: use another --output-dir or delete that folder")
     return run_fn(dict(cfg))
 
 
@@ -177,11 +185,10 @@ def run_seeds(task: str, method: str, lr: float, base_cfg: dict[str, Any], seeds
 def _copy_finished_run(src: str | None, cfg: dict[str, Any]) -> None:
     """Copy the run folder `src` to cfg's output_dir if it finished with cfg's seed, method and LR."""
     dst = Path(cfg["output_dir"])
-    if src is None or (dst / "results.json").exists() or not (Path(src) / "results.json").exists():
+    if src is None or (dst / "results.json").exists():
         return
-    done = json.loads((Path(src) / "results.json").read_text(encoding="utf-8"))
-    if (done.get("seed"), done.get("method")) == (cfg["seed"], cfg["method"]) and \
-            math.isclose(float(done.get("lr", math.nan)), cfg["lr"], rel_tol=1e-9):
+    done = _finished(src)
+    if done is not None and _same_run(done, cfg):
         replace_dir(dst, lambda tmp: shutil.copytree(src, tmp, dirs_exist_ok=True))
 
 
