@@ -1,0 +1,156 @@
+"""Why does CondLoRA under-fit on MiniLM? Train variants side by side on one GLUE subset and log the fit.
+
+An investigation script, not part of the library: each variant is LoRA (real PEFT) or CondLoRA with one thing
+changed, trained with the same data order, AdamW, linear schedule with warmup 0.1 and head, and logged per
+epoch (mean training loss, validation metric). Variants (NAME@LR, comma-separated):
+
+  lora                 real PEFT LoRA
+  condlora             CondLoRA as `condlora train` runs it (paper form on square layers, Θ_A kaiming)
+  condlora-general     A = θ_A·W0, B = W0·θ_B instead of the paper form
+  condlora-ascaleK     Θ_A's kaiming init multiplied by K (init-scale study), e.g. condlora-ascale10
+  condlora-eqnorm      generate from W0_l·(c/σ_max(W0_l)): every layer's spectral norm set to the mean c
+  condlora-polar       generate from the orthogonal polar factor U·Vᵀ of W0_l, scaled to ‖W0_l‖_F: the same
+                       singular vectors, all singular values equal (tests the conditioning hypothesis)
+
+  python scripts/fit_probe.py --task mrpc --variants lora@2e-3,condlora@2e-3 --out runs/probe.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from condlora.data import Encoded, load_glue, subsample
+from condlora.layers import ABGenerator, CondLoRALinear, generate_ab, set_fast_path
+from condlora.methods import setup_method
+from condlora.metrics import compute_metrics
+from condlora.models import load_classifier, load_tokenizer
+
+
+def source_transform(kind: str, weights: list[torch.Tensor]) -> dict[int, torch.Tensor]:
+    """Per W0 (by data_ptr) the matrix the generator reads instead of W0 for `kind` (eqnorm / polar)."""
+    out = {}
+    sig_max = [torch.linalg.matrix_norm(w, ord=2).item() for w in weights]
+    for w, s in zip(weights, sig_max, strict=True):
+        if kind == "eqnorm":
+            out[w.data_ptr()] = w * (float(np.mean(sig_max)) / s)
+        else:  # polar
+            u, _, vh = torch.linalg.svd(w, full_matrices=False)
+            out[w.data_ptr()] = (u @ vh) * (torch.linalg.matrix_norm(w) / math.sqrt(min(w.shape)))
+    return out
+
+
+def reroute_sources(model: torch.nn.Module, kind: str) -> None:
+    """Make every CondLoRA generator read the `kind`-transformed W0 (reference path, no fast path)."""
+    set_fast_path(model, False)
+    layers = [m for m in model.modules() if isinstance(m, CondLoRALinear)]
+    by_gen: dict[int, tuple[ABGenerator, list]] = {}
+    for m in layers:
+        by_gen.setdefault(id(m.generator), (m.generator, []))[1].append(m.w0().detach())
+    for gen, weights in by_gen.values():
+        table = source_transform(kind, weights)
+        gen.generate = (lambda g, t: lambda w0: generate_ab(g.theta_A, g.theta_B, t[w0.data_ptr()], g.form))(gen,
+                                                                                                         table)
+
+
+def build(variant: str, model_name: str, num_labels: int, seed: int) -> torch.nn.Module:
+    """The model of one variant, with exactly its adapter's parameters (and the head) trainable."""
+    torch.manual_seed(seed)
+    model = load_classifier(model_name, num_labels=num_labels)
+    if variant == "lora":
+        return setup_method(model, "lora", 8, 8.0, 0.0, ["query", "value"], seed)
+    from condlora import AdapterConfig, apply_adapter
+    from condlora.models import head_module_names
+
+    form = "general" if variant == "condlora-general" else "auto"
+    cfg = AdapterConfig(method="condlora", r=8, alpha=8.0, target_modules=["query", "value"], cond_form=form,
+                        seed=seed, modules_to_save=head_module_names(model))
+    model = apply_adapter(model, cfg)
+    scale = re.fullmatch(r"condlora-ascale([0-9.]+)", variant)
+    if scale:
+        for m in model.modules():
+            if isinstance(m, ABGenerator):
+                m.theta_A.data.mul_(float(scale.group(1)))
+    elif variant in ("condlora-eqnorm", "condlora-polar"):
+        reroute_sources(model, variant.split("-")[1])
+    elif variant not in ("condlora", "condlora-general"):
+        raise SystemExit(f"unknown variant {variant!r}")
+    return model
+
+
+def evaluate(model, enc: Encoded, task) -> dict[str, float]:
+    """The task's metrics of `model` on `enc`."""
+    model.eval()
+    preds = []
+    with torch.no_grad():
+        for i in range(0, len(enc), 64):
+            logits = model(**{k: v for k, v in enc.batch(range(i, min(i + 64, len(enc)))).items()
+                              if k != "labels"}).logits
+            preds.append(logits.squeeze(-1) if task.is_regression else logits.argmax(-1))
+    model.train()
+    return compute_metrics(task, torch.cat(preds).numpy(), enc.labels.numpy())
+
+
+def run(variant: str, lr: float, args) -> list[dict]:
+    """Train one variant; one record per epoch."""
+    data = load_glue(args.task, args.glue_dir)
+    tok = load_tokenizer(args.model)
+    train = Encoded(data.train.select(range(args.train)), tok, args.max_length)
+    val = Encoded(subsample(data.val, args.eval), tok, args.max_length)
+    model = build(variant, args.model, data.task.num_labels, args.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    steps_per_epoch = math.ceil(len(train) / 16)
+    total, warm = steps_per_epoch * args.epochs, math.ceil(0.1 * steps_per_epoch * args.epochs)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: s / max(1, warm) if s < warm
+                                              else max(0.0, (total - s) / max(1, total - warm)))
+    gen = torch.Generator().manual_seed(args.seed)
+    records, start = [], time.time()
+    for epoch in range(args.epochs):
+        perm, losses = torch.randperm(len(train), generator=gen).tolist(), []
+        for i in range(0, len(perm), 16):
+            loss = model(**train.batch(perm[i:i + 16])).loss
+            loss.backward()
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+            losses.append(loss.item())
+        val_metrics = {f"val_{k}": v for k, v in evaluate(model, val, data.task).items()}
+        rec = {"variant": variant, "lr": lr, "seed": args.seed, "task": args.task, "epoch": epoch + 1,
+               "train_loss": float(np.mean(losses)), **val_metrics,
+               "trainable": sum(p.numel() for p in params), "time_s": round(time.time() - start, 1)}
+        print(json.dumps(rec), flush=True)
+        records.append(rec)
+    return records
+
+
+def main() -> None:
+    """Run every NAME@LR variant in turn and append its records to --out."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task", default="mrpc")
+    p.add_argument("--variants", required=True, help="comma-separated NAME@LR")
+    p.add_argument("--model", default="minilm")
+    p.add_argument("--glue-dir", default=None)
+    p.add_argument("--train", type=int, default=800, help="first N examples of the 90%% train part")
+    p.add_argument("--eval", type=int, default=400, help="validation examples")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--max-length", type=int, default=96)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    for item in args.variants.split(","):
+        name, lr = item.split("@")
+        records = run(name, float(lr), args)
+        with Path(args.out).open("a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+
+
+if __name__ == "__main__":
+    main()
