@@ -350,10 +350,11 @@ def test_cli_flags_pass_through_to_every_run(tmp_path):
     parser = __import__("argparse").ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(["--output-dir", str(tmp_path), "--lr-search", "4", "--model", "m", "--epochs", "2",
-                              "--target-modules", "query, value", "--max-train-samples", "5", "--r", "4"])
+                              "--target-modules", "query, value", "--max-train-samples", "5", "--r", "4",
+                              "--cond-form", "general"])
     s = settings_from_args(args)
     assert s.run_args == {"model": "m", "epochs": 2.0, "target_modules": ["query", "value"],
-                          "max_train_samples": 5, "r": 4}
+                          "max_train_samples": 5, "r": 4, "cond_form": "general"}
     assert (s.tasks, s.methods, s.seeds, s.lr_search, s.lr_preset) == (["rte", "mrpc", "stsb", "cola"],
                                                                       ["lora", "condlora"], 3, 4, None)
     assert s.lr_range == (1e-5, 3e-3)

@@ -187,6 +187,26 @@ def test_output_folder_rules(tiny, tmp_path):
         train(config(tiny, other))
 
 
+def test_cond_form_general_is_its_own_run_and_older_runs_still_match(tiny, tmp_path):
+    first = train(config(tiny, tmp_path))
+    cfg_file = tmp_path / "config.json"
+    saved = json.loads(cfg_file.read_text())
+    del saved["run"]["cond_form"]  # a run written before the setting existed ran the default form
+    cfg_file.write_text(json.dumps(saved))
+    assert train(config(tiny, tmp_path)) == first
+    with pytest.raises(CondLoRAError, match=r"different run \(cond_form: 'auto' there, 'general' now\)"):
+        train(config(tiny, tmp_path, cond_form="general"))
+    general = train(config(tiny, tmp_path / "g", cond_form="general"))
+    assert general["trainable_params"] == TRAINABLE["condlora"] and general["val_score"] is not None
+    thetas = load_file(str(tmp_path / "g" / "best_adapter" / "adapter_model.safetensors"))
+    shapes = {k.rsplit(".", 1)[-1]: tuple(v.shape) for k, v in thetas.items() if "theta" in k}
+    assert shapes == {"theta_A": (8, 32), "theta_B": (32, 8)}  # general form: θ_B is d_in x r
+    saved_cfg = json.loads((tmp_path / "g" / "best_adapter" / "adapter_config.json").read_text())["condlora"]
+    assert saved_cfg["cond_form"] == "general"
+    with pytest.raises(CondLoRAError, match="cond_form must be one of auto, paper, general"):
+        config(tiny, tmp_path, cond_form="sideways")
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny, tmp_path, monkeypatch):
     import condlora.train as train_module
 

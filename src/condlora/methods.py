@@ -29,14 +29,17 @@ ADAPTER_METHODS = METHODS[:4]
 
 
 def setup_method(model: nn.Module, method: str, r: int, alpha: float, dropout: float,
-                 target_modules: list[str], seed: int) -> nn.Module:
-    """Prepare `model` for `method`: add the adapter and set exactly the trainable parameters."""
+                 target_modules: list[str], seed: int, cond_form: str = "auto") -> nn.Module:
+    """Prepare `model` for `method`: add the adapter and set exactly the trainable parameters.
+
+    `cond_form` is CondLoRA's form ("auto", "paper" or "general"; see `AdapterConfig`); LoRA ignores it.
+    """
     heads = head_module_names(model)
     if method in ("lora", "lora-frozen-a"):
         return _peft_lora(model, r, alpha, dropout, target_modules, heads, seed, frozen_a=method != "lora")
     if method in ("condlora", "condlora-frozen-a"):
         cfg = AdapterConfig(method="condlora", r=r, alpha=alpha, dropout=dropout, target_modules=target_modules,
-                            train_a=method == "condlora", seed=seed, modules_to_save=heads)
+                            cond_form=cond_form, train_a=method == "condlora", seed=seed, modules_to_save=heads)
         return apply_adapter(model, cfg)
     if method == "full":
         return model.requires_grad_(True)

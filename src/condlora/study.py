@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import COND_FORMS
 from .errors import CondLoRAError, ConfigError
 from .fileio import replace_dir, write_json
 from .search import LR_RANGE, NOT_IDENTITY, RunFn, parse_lrs, search_lr
@@ -42,7 +43,7 @@ PAPER_LR = {
 PRESETS = {"paper": {(t, m): lr for t, lrs in PAPER_LR.items()
                      for m, lr in zip(("lora", "condlora"), lrs, strict=True)}}
 PASS_THROUGH = ("model", "glue_dir", "epochs", "batch_size", "max_length", "max_train_samples",
-                "max_eval_samples", "r", "alpha", "target_modules", "trust_remote_code")
+                "max_eval_samples", "r", "alpha", "target_modules", "cond_form", "trust_remote_code")
 
 
 def parse_names(text: str | list[str], known: tuple[str, ...], what: str) -> list[str]:
@@ -313,6 +314,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--r", type=int)
     g.add_argument("--alpha", type=float)
     g.add_argument("--target-modules", help="comma-separated, e.g. query,value")
+    g.add_argument("--cond-form", choices=COND_FORMS, help="CondLoRA's form: auto (default), paper or general")
     g.add_argument("--trust-remote-code", action="store_true", help="let transformers run the model's own code")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--run-progress", action="store_true", help="show each run's own progress bar too")

@@ -30,7 +30,7 @@ from .fileio import append_jsonl, existing_dir, read_jsonl, write_json, write_te
 from .methods import parameter_counts, save_best, setup_method, trainable_state
 from .metrics import compute_metrics
 from .models import head_module_names, load_classifier, load_tokenizer, quiet_loading
-from .train_config import TrainConfig
+from .train_config import NEW_FIELD_DEFAULTS, TrainConfig
 
 RUN_FILES = ("config.json", "metrics.jsonl", "results.json", CHECKPOINT_DIR, "best_adapter", "best_adapter_peft",
              "best_model", "best_head", f".{CHECKPOINT_DIR}.old")
@@ -74,6 +74,8 @@ def _check_output_dir(cfg: TrainConfig, out: Path) -> dict | None:
     except json.JSONDecodeError:
         old = {}
     new = json.loads(json.dumps(cfg.run_dict()))
+    if old:  # a setting added after that run was written had its default then
+        old = {**{k: v for k, v in NEW_FIELD_DEFAULTS.items() if k in new}, **old}
     if old != new:
         diff = next((k for k in new if old.get(k) != new[k]), "run")
         raise CondLoRAError(f"output folder {out} holds a different run ({diff}: {old.get(diff)!r} there, "
@@ -170,7 +172,8 @@ class Run:
             model.config.pad_token_id = tokenizer.pad_token_id
         self.heads = head_module_names(model)
         base_params = sum(p.numel() for p in model.parameters())
-        model = setup_method(model, cfg.method, cfg.r, cfg.alpha, cfg.dropout, cfg.target_modules, cfg.seed)
+        model = setup_method(model, cfg.method, cfg.r, cfg.alpha, cfg.dropout, cfg.target_modules, cfg.seed,
+                             cfg.cond_form)
         self.counts = {**parameter_counts(model, self.heads), "base": base_params}
         return tokenizer, model
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from .config import COND_FORMS
 from .data import GLUE_DIR_ENV, TASKS
 from .methods import METHODS
 from .models import ALIASES_HELP
@@ -52,6 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dropout", type=float, default=0.0, help="adapter input dropout (default: 0)")
     p.add_argument("--target-modules", type=_modules, default=["query", "value"],
                    help="comma-separated modules to adapt (default: query,value)")
+    p.add_argument("--cond-form", default="auto", choices=COND_FORMS,
+                   help="CondLoRA's form: paper (A = Θ_A·W0ᵀ, B = W0·Θ_Bᵀ), general (A = θ_A·W0, B = W0·θ_B) or "
+                        "auto (paper on square layers, general otherwise; default)")
     p.add_argument("--warmup-ratio", type=float, default=0.1, help="share of warmup steps (default: 0.1)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: 0)")
     p.add_argument("--eval-every", type=_positive_int, default=None, help="steps between evaluations "

@@ -7,12 +7,15 @@ import math
 import numbers
 from dataclasses import dataclass, field
 
+from .config import COND_FORMS
 from .data import get_task
 from .errors import ConfigError
 from .methods import METHODS
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 NOT_RUN_FIELDS = ("quiet", "resume", "overwrite", "trust_remote_code")
+# Run settings added after runs were first written, with the value those older runs had.
+NEW_FIELD_DEFAULTS = {"cond_form": "auto"}
 
 
 @dataclass
@@ -33,6 +36,7 @@ class TrainConfig:
         max_train_samples: keep the first N of the shuffled 90% train part.
         max_eval_samples: at most N validation examples and N per test part (quick runs).
         r, alpha, dropout, target_modules: adapter settings (lora* and condlora*).
+        cond_form: CondLoRA's form: auto (paper form on square layers), paper or general (see AdapterConfig).
         warmup_ratio: share of steps with linear warmup.
         weight_decay: AdamW weight decay.
         eval_every: steps between evaluations; None = once per epoch.
@@ -61,6 +65,7 @@ class TrainConfig:
     alpha: float = 8.0
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+    cond_form: str = "auto"
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0
     eval_every: int | None = None
@@ -76,6 +81,8 @@ class TrainConfig:
         self.task = get_task(self.task).name
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
+        if self.cond_form not in COND_FORMS:
+            raise ConfigError(f"cond_form must be one of {', '.join(COND_FORMS)}; got {self.cond_form!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         if isinstance(self.target_modules, str):
