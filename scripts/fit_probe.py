@@ -13,6 +13,7 @@ epoch (mean training loss, validation metric). Variants (NAME@LR, comma-separate
                        singular vectors, all singular values equal (tests the conditioning hypothesis)
 
   python scripts/fit_probe.py --task mrpc --variants lora@2e-3,condlora@2e-3 --out runs/probe.jsonl
+  python scripts/fit_probe.py --summary runs/probe.jsonl      # a markdown table of every variant and seed
 """
 
 from __future__ import annotations
@@ -131,11 +132,30 @@ def run(variant: str, lr: float, args) -> list[dict]:
     return records
 
 
+def summary(paths: list[str]) -> str:
+    """Markdown: per variant and LR, the last epoch's training loss and the best validation metric, per seed."""
+    runs: dict[tuple, dict[int, list[dict]]] = {}
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            r = json.loads(line)
+            runs.setdefault((r["variant"], r["lr"]), {}).setdefault(r["seed"], []).append(r)
+    first = next(iter(next(iter(runs.values())).values()))[0]
+    key = next(k for k in first if k.startswith("val_"))  # the task's main metric comes first
+    lines = [f"| variant | LR | seeds | final train loss (per seed) | best {key} (per seed) |", "|---|---|---|---|---|"]
+    for (variant, lr), seeds in runs.items():
+        loss = [recs[-1]["train_loss"] for _, recs in sorted(seeds.items())]
+        best = [max(r[key] for r in recs) for _, recs in sorted(seeds.items())]
+        cells = [f"{np.mean(v):.3f} ({', '.join(f'{x:.3f}' for x in v)})" for v in (loss, best)]
+        lines.append(f"| {variant} | {lr:g} | {len(seeds)} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     """Run every NAME@LR variant in turn and append its records to --out."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", default="mrpc")
-    p.add_argument("--variants", required=True, help="comma-separated NAME@LR")
+    p.add_argument("--variants", help="comma-separated NAME@LR")
+    p.add_argument("--summary", nargs="+", metavar="JSONL", help="print the table of these result files and stop")
     p.add_argument("--model", default="minilm")
     p.add_argument("--glue-dir", default=None)
     p.add_argument("--train", type=int, default=800, help="first N examples of the 90%% train part")
@@ -143,8 +163,13 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--max-length", type=int, default=96)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out")
     args = p.parse_args()
+    if args.summary:
+        print(summary(args.summary))
+        return
+    if not (args.variants and args.out):
+        p.error("--variants and --out are needed to train")
     for item in args.variants.split(","):
         name, lr = item.split("@")
         records = run(name, float(lr), args)
