@@ -9,6 +9,8 @@ epoch (mean training loss, validation metric). Variants (NAME@LR, comma-separate
   condlora-general     A = θ_A·W0, B = W0·θ_B instead of the paper form
   condlora-ascaleK     Θ_A's kaiming init multiplied by K (init-scale study), e.g. condlora-ascale10
   condlora-eqnorm      generate from W0_l·(c/σ_max(W0_l)): every layer's spectral norm set to the mean c
+  ...-rN                any variant with rank N instead of 8 (alpha = N, so the scaling stays 1), e.g. lora-r1
+                       (about CondLoRA's parameter count) or condlora-r48 (LoRA's): capacity or optimization?
   condlora-polar       generate from the orthogonal polar factor U·Vᵀ of W0_l, scaled to ‖W0_l‖_F: the same
                        singular vectors, all singular values equal (tests the conditioning hypothesis)
 
@@ -65,13 +67,15 @@ def build(variant: str, model_name: str, num_labels: int, seed: int) -> torch.nn
     """The model of one variant, with exactly its adapter's parameters (and the head) trainable."""
     torch.manual_seed(seed)
     model = load_classifier(model_name, num_labels=num_labels)
+    rank = re.fullmatch(r"(.+)-r(\d+)", variant)
+    r, variant = (int(rank.group(2)), rank.group(1)) if rank else (8, variant)
     if variant == "lora":
-        return setup_method(model, "lora", 8, 8.0, 0.0, ["query", "value"], seed)
+        return setup_method(model, "lora", r, float(r), 0.0, ["query", "value"], seed)
     from condlora import AdapterConfig, apply_adapter
     from condlora.models import head_module_names
 
     form = "general" if variant == "condlora-general" else "auto"
-    cfg = AdapterConfig(method="condlora", r=8, alpha=8.0, target_modules=["query", "value"], cond_form=form,
+    cfg = AdapterConfig(method="condlora", r=r, alpha=float(r), target_modules=["query", "value"], cond_form=form,
                         seed=seed, modules_to_save=head_module_names(model))
     model = apply_adapter(model, cfg)
     scale = re.fullmatch(r"condlora-ascale([0-9.]+)", variant)
