@@ -9,6 +9,8 @@ epoch (mean training loss, validation metric). Variants (NAME@LR, comma-separate
   condlora-general     A = θ_A·W0, B = W0·θ_B instead of the paper form
   condlora-ascaleK     Θ_A's kaiming init multiplied by K (init-scale study), e.g. condlora-ascale10
   condlora-eqnorm      generate from W0_l·(c/σ_max(W0_l)): every layer's spectral norm set to the mean c
+  condlora-unshared    one generator per layer instead of one per module type (6x the parameters on MiniLM,
+                       as many as LoRA): does sharing across layers hold CondLoRA back?
   ...-rN                any variant with rank N instead of 8 (alpha = N, so the scaling stays 1), e.g. lora-r1
                        (about CondLoRA's parameter count) or condlora-r48 (LoRA's): capacity or optimization?
   condlora-polar       generate from the orthogonal polar factor U·Vᵀ of W0_l, scaled to ‖W0_l‖_F: the same
@@ -63,6 +65,21 @@ def reroute_sources(model: torch.nn.Module, kind: str) -> None:
                                                                                                          table)
 
 
+def unshare(model: torch.nn.Module) -> None:
+    """Give every CondLoRA layer its own copy of its generator (registered on the model, so it trains)."""
+    import copy
+
+    layers = [m for m in model.modules() if isinstance(m, CondLoRALinear)]
+    copies = []
+    for m in layers:
+        own = copy.deepcopy(m.generator)
+        object.__setattr__(m, "generator", own)
+        copies.append(own)
+    model.probe_generators = torch.nn.ModuleList(copies)
+    for p in model.condlora_generators.parameters():
+        p.requires_grad_(False)  # the shared originals are no longer used
+
+
 def build(variant: str, model_name: str, num_labels: int, seed: int) -> torch.nn.Module:
     """The model of one variant, with exactly its adapter's parameters (and the head) trainable."""
     torch.manual_seed(seed)
@@ -85,6 +102,8 @@ def build(variant: str, model_name: str, num_labels: int, seed: int) -> torch.nn
                 m.theta_A.data.mul_(float(scale.group(1)))
     elif variant in ("condlora-eqnorm", "condlora-polar"):
         reroute_sources(model, variant.split("-")[1])
+    elif variant == "condlora-unshared":
+        unshare(model)
     elif variant not in ("condlora", "condlora-general"):
         raise SystemExit(f"unknown variant {variant!r}")
     return model
