@@ -11,6 +11,8 @@ epoch (mean training loss, validation metric). Variants (NAME@LR, comma-separate
   condlora-eqnorm      generate from W0_l·(c/σ_max(W0_l)): every layer's spectral norm set to the mean c
   condlora-unshared    one generator per layer instead of one per module type (6x the parameters on MiniLM,
                        as many as LoRA): does sharing across layers hold CondLoRA back?
+  condlora-polar-unshared  both: a per-layer generator reading an orthogonal W0 is LoRA in a rotated basis
+                       (the control: it should fit like LoRA)
   ...-rN                any variant with rank N instead of 8 (alpha = N, so the scaling stays 1), e.g. lora-r1
                        (about CondLoRA's parameter count) or condlora-r48 (LoRA's): capacity or optimization?
   condlora-polar       generate from the orthogonal polar factor U·Vᵀ of W0_l, scaled to ‖W0_l‖_F: the same
@@ -102,8 +104,10 @@ def build(variant: str, model_name: str, num_labels: int, seed: int) -> torch.nn
                 m.theta_A.data.mul_(float(scale.group(1)))
     elif variant in ("condlora-eqnorm", "condlora-polar"):
         reroute_sources(model, variant.split("-")[1])
-    elif variant == "condlora-unshared":
+    elif variant in ("condlora-unshared", "condlora-polar-unshared"):
         unshare(model)
+        if variant == "condlora-polar-unshared":  # one orthogonal basis per layer: LoRA re-parameterized
+            reroute_sources(model, "polar")
     elif variant not in ("condlora", "condlora-general"):
         raise SystemExit(f"unknown variant {variant!r}")
     return model
