@@ -11,8 +11,10 @@ epoch (mean training loss, validation metric). Variants (NAME@LR, comma-separate
   condlora-eqnorm      generate from W0_l·(c/σ_max(W0_l)): every layer's spectral norm set to the mean c
   condlora-unshared    one generator per layer instead of one per module type (6x the parameters on MiniLM,
                        as many as LoRA): does sharing across layers hold CondLoRA back?
-  condlora-polar-unshared  both: a per-layer generator reading an orthogonal W0 is LoRA in a rotated basis
-                       (the control: it should fit like LoRA)
+  condlora-polar-unshared  both: a per-layer generator reading W0's polar factor is LoRA in a rotated basis,
+                       with ΔW scaled by W0's mean squared singular value
+  condlora-orth-unshared   the same with unit singular values (U·Vᵀ): exactly LoRA's model and init scale
+                       in per-layer rotated coordinates (the control: only Adam's coordinates differ)
   ...-rN                any variant with rank N instead of 8 (alpha = N, so the scaling stays 1), e.g. lora-r1
                        (about CondLoRA's parameter count) or condlora-r48 (LoRA's): capacity or optimization?
   condlora-polar       generate from the orthogonal polar factor U·Vᵀ of W0_l, scaled to ‖W0_l‖_F: the same
@@ -48,9 +50,10 @@ def source_transform(kind: str, weights: list[torch.Tensor]) -> dict[int, torch.
     for w, s in zip(weights, sig_max, strict=True):
         if kind == "eqnorm":
             out[w.data_ptr()] = w * (float(np.mean(sig_max)) / s)
-        else:  # polar
+        else:  # polar (scaled to W0's RMS singular value) or orth (unit singular values)
             u, _, vh = torch.linalg.svd(w, full_matrices=False)
-            out[w.data_ptr()] = (u @ vh) * (torch.linalg.matrix_norm(w) / math.sqrt(min(w.shape)))
+            scale = torch.linalg.matrix_norm(w) / math.sqrt(min(w.shape)) if kind == "polar" else 1.0
+            out[w.data_ptr()] = (u @ vh) * scale
     return out
 
 
@@ -104,10 +107,10 @@ def build(variant: str, model_name: str, num_labels: int, seed: int) -> torch.nn
                 m.theta_A.data.mul_(float(scale.group(1)))
     elif variant in ("condlora-eqnorm", "condlora-polar"):
         reroute_sources(model, variant.split("-")[1])
-    elif variant in ("condlora-unshared", "condlora-polar-unshared"):
+    elif variant in ("condlora-unshared", "condlora-polar-unshared", "condlora-orth-unshared"):
         unshare(model)
-        if variant == "condlora-polar-unshared":  # one orthogonal basis per layer: LoRA re-parameterized
-            reroute_sources(model, "polar")
+        if variant != "condlora-unshared":  # one orthogonal basis per layer: LoRA re-parameterized
+            reroute_sources(model, variant.split("-")[1])
     elif variant not in ("condlora", "condlora-general"):
         raise SystemExit(f"unknown variant {variant!r}")
     return model
