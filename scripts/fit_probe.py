@@ -9,6 +9,8 @@ epoch (mean training loss, validation metric). Variants (NAME@LR, comma-separate
   condlora-general     A = θ_A·W0, B = W0·θ_B instead of the paper form
   condlora-ascaleK     Θ_A's kaiming init multiplied by K (init-scale study), e.g. condlora-ascale10
   condlora-eqnorm      generate from W0_l·(c/σ_max(W0_l)): every layer's spectral norm set to the mean c
+  condlora-polar       generate from the polar factor U·Vᵀ of W0_l times W0_l's RMS singular value: the same
+                       singular vectors, all singular values equal (tests the conditioning hypothesis)
   condlora-unshared    one generator per layer instead of one per module type (6x the parameters on MiniLM,
                        as many as LoRA): does sharing across layers hold CondLoRA back?
   condlora-polar-unshared  both: a per-layer generator reading W0's polar factor is LoRA in a rotated basis,
@@ -17,8 +19,6 @@ epoch (mean training loss, validation metric). Variants (NAME@LR, comma-separate
                        in per-layer rotated coordinates (the control: only Adam's coordinates differ)
   ...-rN                any variant with rank N instead of 8 (alpha = N, so the scaling stays 1), e.g. lora-r1
                        (about CondLoRA's parameter count) or condlora-r48 (LoRA's): capacity or optimization?
-  condlora-polar       generate from the orthogonal polar factor U·Vᵀ of W0_l, scaled to ‖W0_l‖_F: the same
-                       singular vectors, all singular values equal (tests the conditioning hypothesis)
 
   python scripts/fit_probe.py --task mrpc --variants lora@2e-3,condlora@2e-3 --out runs/probe.jsonl
   python scripts/fit_probe.py --summary runs/probe.jsonl      # a markdown table of every variant and seed
@@ -66,8 +66,12 @@ def reroute_sources(model: torch.nn.Module, kind: str) -> None:
         by_gen.setdefault(id(m.generator), (m.generator, []))[1].append(m.w0().detach())
     for gen, weights in by_gen.values():
         table = source_transform(kind, weights)
-        gen.generate = (lambda g, t: lambda w0: generate_ab(g.theta_A, g.theta_B, t[w0.data_ptr()], g.form))(gen,
-                                                                                                         table)
+        gen.generate = _generate_from(gen, table)
+
+
+def _generate_from(gen: ABGenerator, table: dict[int, torch.Tensor]):
+    """A `generate` that reads the matrix `table` holds for W0 instead of W0 itself."""
+    return lambda w0: generate_ab(gen.theta_A, gen.theta_B, table[w0.data_ptr()], gen.form)
 
 
 def unshare(model: torch.nn.Module) -> None:
