@@ -41,6 +41,7 @@ from condlora.layers import ABGenerator, CondLoRALinear, generate_ab, set_fast_p
 from condlora.methods import setup_method
 from condlora.metrics import compute_metrics
 from condlora.models import load_classifier, load_tokenizer
+from condlora.train import _linear_schedule
 
 
 def source_transform(kind: str, weights: list[torch.Tensor]) -> dict[int, torch.Tensor]:
@@ -95,15 +96,11 @@ def build(variant: str, model_name: str, num_labels: int, seed: int) -> torch.nn
     model = load_classifier(model_name, num_labels=num_labels)
     rank = re.fullmatch(r"(.+)-r(\d+)", variant)
     r, variant = (int(rank.group(2)), rank.group(1)) if rank else (8, variant)
-    if variant == "lora":
-        return setup_method(model, "lora", r, float(r), 0.0, ["query", "value"], seed)
-    from condlora import AdapterConfig, apply_adapter
-    from condlora.models import head_module_names
-
+    method = "lora" if variant == "lora" else "condlora"
     form = "general" if variant == "condlora-general" else "auto"
-    cfg = AdapterConfig(method="condlora", r=r, alpha=float(r), target_modules=["query", "value"], cond_form=form,
-                        seed=seed, modules_to_save=head_module_names(model))
-    model = apply_adapter(model, cfg)
+    model = setup_method(model, method, r, float(r), 0.0, ["query", "value"], seed, form)
+    if method == "lora":
+        return model
     scale = re.fullmatch(r"condlora-ascale([0-9.]+)", variant)
     if scale:
         for m in model.modules():
@@ -144,8 +141,7 @@ def run(variant: str, lr: float, args) -> list[dict]:
     steps_per_epoch = math.ceil(len(train) / 16)
     total, warm = steps_per_epoch * args.epochs, math.ceil(0.1 * steps_per_epoch * args.epochs)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: s / max(1, warm) if s < warm
-                                              else max(0.0, (total - s) / max(1, total - warm)))
+    sched = _linear_schedule(opt, warm, total)  # the trainer's own schedule
     gen = torch.Generator().manual_seed(args.seed)
     records, start = [], time.time()
     for epoch in range(args.epochs):
