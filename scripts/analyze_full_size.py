@@ -17,7 +17,7 @@ import torch
 
 from condlora import AdapterConfig, apply_adapter, save_adapter
 from condlora.cli import main as cli_main
-from condlora.models import ROBERTA_RANDOM, load_classifier
+from condlora.runner.models import ROBERTA_RANDOM, load_classifier
 
 
 def random_adapter(method: str, path: Path) -> None:

@@ -36,12 +36,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from condlora.data import Encoded, load_glue, subsample
 from condlora.layers import ABGenerator, CondLoRALinear, generate_ab, set_fast_path
-from condlora.methods import setup_method
-from condlora.metrics import compute_metrics
-from condlora.models import load_classifier, load_tokenizer
-from condlora.train import _linear_schedule
+from condlora.runner.data import Encoded, load_glue, subsample
+from condlora.runner.methods import setup_method
+from condlora.runner.metrics import compute_metrics
+from condlora.runner.models import load_classifier, load_tokenizer
+from condlora.runner.train import _linear_schedule
 
 
 def source_transform(kind: str, weights: list[torch.Tensor]) -> dict[int, torch.Tensor]:

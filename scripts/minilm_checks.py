@@ -3,8 +3,8 @@ import torch
 from scipy.stats import pearsonr
 from transformers import AutoModel, AutoTokenizer
 
-from condlora.data import load_glue
-from condlora.models import resolve_model_path
+from condlora.runner.data import load_glue
+from condlora.runner.models import resolve_model_path
 
 path = resolve_model_path("minilm")
 tok, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()

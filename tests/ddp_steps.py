@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from condlora.methods import trainable_state
-from condlora.train import Run, TrainConfig, _accelerator
+from condlora.runner.methods import trainable_state
+from condlora.runner.train import Run, TrainConfig, _accelerator
 
 STEPS = 3
 

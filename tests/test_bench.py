@@ -1,4 +1,4 @@
-"""`condlora bench`: argument errors, the table and targets on known numbers, one tiny end-to-end run."""
+"""`condlora bench`: argument errors, the table on known numbers, one tiny end-to-end run."""
 
 import argparse
 import json
@@ -6,14 +6,15 @@ import json
 import pytest
 import torch
 
-from condlora import bench
+from condlora.bench import bench
+from condlora.cli import bench as bench_cli
 from condlora.cli import main as cli_main
 from conftest import tiny_bert
 
 
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
+    bench_cli.add_arguments(parser)
     return parser.parse_args(list(argv))
 
 
@@ -35,20 +36,25 @@ def row(step: float, mem: float) -> dict:
     return {"step_s": step, "examples_per_s": 16 / step, "step_mb": mem, "trainable": 10}
 
 
-def test_ratios_table_and_targets_on_known_numbers():
-    results = {"base": row(1.0, 100), "peft-lora": row(1.1, 120), "condlora": row(1.02, 110),
+def test_ratios_table_on_known_numbers():
+    results = {"base": row(1.0, 100), "lora": row(1.1, 120), "condlora": row(1.02, 110),
                "infer-base": row(0.5, 10), "infer-merged": row(0.5, 10), "infer-condlora": row(0.55, 12)}
-    targets = {t["target"]: t for t in bench.check_targets(results)}
-    assert len(targets) == 5
-    assert targets["condlora step <= 0.95 x peft-lora step"]["ratio"] == pytest.approx(1.02 / 1.1)
-    assert targets["condlora step <= 0.95 x peft-lora step"]["met"] is True
-    assert targets["condlora step <= 1.05 x base step"]["met"] is True
-    assert targets["condlora peak memory <= peft-lora"]["met"] is True
-    assert targets["unmerged eval condlora <= 1.05 x base inference"]["ratio"] == pytest.approx(1.1)
-    assert targets["unmerged eval condlora <= 1.05 x base inference"]["met"] is False
-    text = bench.table(results)
-    assert "0.927" in text.splitlines()[4]  # condlora vs peft-lora
-    assert bench.check_targets({"base": row(1, 1)})[0]["met"] is None
+    assert bench.ratio(results, "condlora", "lora", "step_s") == pytest.approx(1.02 / 1.1)
+    assert bench.ratio(results, "infer-condlora", "infer-base", "step_s") == pytest.approx(1.1)
+    assert bench.ratio(results, "condlora", "missing", "step_s") is None
+    lines = bench.table(results).splitlines()
+    assert "0.927" in lines[4]  # condlora vs lora (real PEFT)
+    assert "1.020" in lines[4]  # condlora vs base
+    assert not any("target" in line or "met" in line.split() for line in lines)
+
+
+def test_old_flag_spellings_still_parse():
+    old = parse("--targets", "q,v", "--dtype", "bf16", "--no-progress", "--methods", "peft-lora")
+    new = parse("--target-modules", "q,v", "--precision", "bf16", "--quiet", "--methods", "lora")
+    for key in ("target_modules", "precision", "quiet"):
+        assert getattr(old, key) == getattr(new, key)
+    assert bench_cli.check_args(old) == bench_cli.check_args(new) == ["lora"]
+    assert parse().alpha == 8.0
 
 
 def test_tiny_end_to_end_run(tmp_path, capsys):
@@ -56,15 +62,15 @@ def test_tiny_end_to_end_run(tmp_path, capsys):
     tiny_bert().save_pretrained(folder)
     out = tmp_path / "bench.json"
     args = parse("--model", str(folder), "--batch-size", "2", "--max-length", "8", "--steps", "2", "--warmup", "1",
-                 "--repeats", "2", "--methods", "base,peft-lora,condlora,infer-merged", "--threads", "1",
-                 "--json", str(out), "--no-progress")
-    assert bench.main(args) == 0
+                 "--repeats", "2", "--methods", "base,lora,condlora,infer-merged", "--threads", "1",
+                 "--json", str(out), "--quiet")
+    assert bench_cli.main(args) == 0
     data = json.loads(out.read_text())
     res = data["results"]
-    assert set(res) == {"base", "peft-lora", "condlora", "infer-merged"}
+    assert set(res) == {"base", "lora", "condlora", "infer-merged"}
     head = 32 * 2 + 2
     assert res["base"]["trainable"] == head
-    assert res["peft-lora"]["trainable"] == head + 2 * 2 * (8 * 32 + 32 * 8)  # 2 layers x query, value
+    assert res["lora"]["trainable"] == head + 2 * 2 * (8 * 32 + 32 * 8)  # 2 layers x query, value
     assert res["condlora"]["trainable"] == head + 2 * (8 * 32 + 8 * 32)  # one generator per module type
     assert res["infer-merged"]["trainable"] == 0
     for r in res.values():
@@ -74,11 +80,11 @@ def test_tiny_end_to_end_run(tmp_path, capsys):
 
 
 def test_worker_command_passes_every_flag():
-    from condlora import bench_worker
+    from condlora.bench import worker as bench_worker
 
     args = parse("--model", "m", "--methods", "condlora", "--trust-remote-code", "--compile", "--r", "4")
     cmd = bench.worker_command("condlora", args)
-    assert cmd[1:3] == ["-m", "condlora.bench_worker"]
+    assert cmd[1:3] == ["-m", "condlora.bench.worker"]
     w = bench_worker.parse_args(cmd[3:])
     assert (w.method, w.model, w.r, w.trust_remote_code, w.compile) == ("condlora", "m", 4, True, True)
     assert not bench_worker.parse_args(bench.worker_command("base", parse("--model", "m"))[3:]).compile
@@ -86,8 +92,8 @@ def test_worker_command_passes_every_flag():
 
 @pytest.mark.parametrize("flag", [[], ["--trust-remote-code"]])
 def test_worker_passes_trust_remote_code_to_the_loader(monkeypatch, flag):
-    import condlora.models
-    from condlora import bench_worker
+    import condlora.runner.models
+    from condlora.bench import worker as bench_worker
     from condlora.errors import CondLoRAError
 
     seen = []
@@ -96,7 +102,7 @@ def test_worker_passes_trust_remote_code_to_the_loader(monkeypatch, flag):
         seen.append(trust_remote_code)
         raise CondLoRAError("stop")
 
-    monkeypatch.setattr(condlora.models, "load_classifier", spy)
+    monkeypatch.setattr(condlora.runner.models, "load_classifier", spy)
     with pytest.raises(CondLoRAError, match="stop"):
         bench_worker.Runner(bench_worker.parse_args(["--method", "base", "--model", "m", "--batch-size", "1",
                                                      "--max-length", "4", *flag]))

@@ -9,7 +9,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from condlora.data import (
+from condlora.errors import CondLoRAError
+from condlora.runner.data import (
     TASKS,
     Encoded,
     Examples,
@@ -19,8 +20,7 @@ from condlora.data import (
     split_train,
     subsample,
 )
-from condlora.errors import CondLoRAError
-from condlora.metrics import compute_metrics
+from condlora.runner.metrics import compute_metrics
 from glue_fixtures import FOLDERS, make_tokenizer, real_glue_dir, sentence, write_glue, write_tsv
 
 

@@ -16,9 +16,9 @@ from safetensors.torch import load_file, save_file
 
 from condlora import AdapterConfig, apply_adapter, save_adapter
 from condlora.cli import main as cli_main
-from condlora.data import TASKS, read_tsv
 from condlora.errors import CondLoRAError, ConfigError
-from condlora.train import TrainConfig
+from condlora.runner.data import TASKS, read_tsv
+from condlora.runner.train import TrainConfig
 from glue_fixtures import make_tiny_model_dir, write_glue, write_tsv
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -27,7 +27,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny BERT folder, a trained-looking condlora adapter for it and a small GLUE folder."""
-    from condlora.models import load_classifier
+    from condlora.runner.models import load_classifier
 
     root = tmp_path_factory.mktemp("hostile")
     model = make_tiny_model_dir(root / "model")
@@ -151,9 +151,9 @@ def test_bad_glue_error_names_the_file(tiny, tmp_path):
 
 
 def test_models_are_loaded_without_remote_code_unless_asked(tiny, tmp_path, monkeypatch, capsys):
-    import condlora.analyze
-    import condlora.export_cli
-    import condlora.train
+    import condlora.analyze.report
+    import condlora.cli.export
+    import condlora.runner.train
 
     seen = []
 
@@ -161,9 +161,9 @@ def test_models_are_loaded_without_remote_code_unless_asked(tiny, tmp_path, monk
         seen.append(trust_remote_code)
         raise CondLoRAError("stop")
 
-    for module in (condlora.train, condlora.export_cli, condlora.analyze):
+    for module in (condlora.runner.train, condlora.cli.export, condlora.analyze.report):
         monkeypatch.setattr(module, "load_classifier", spy)
-    monkeypatch.setattr(condlora.train, "load_tokenizer", spy)
+    monkeypatch.setattr(condlora.runner.train, "load_tokenizer", spy)
     common = ["--model", tiny["model"], "--output-dir", str(tmp_path / "o")]
     commands = [["train", "--task", "rte", "--glue-dir", str(tiny["glue"]), "--quiet"],
                 ["export", "--adapter", str(tiny["adapter"])], ["analyze", "--adapter", str(tiny["adapter"])]]

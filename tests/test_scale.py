@@ -92,8 +92,8 @@ def test_sharded_accelerator_is_refused(kind):
 
     from accelerate.utils import DistributedType
 
-    from condlora.distributed import check_distributed
     from condlora.errors import ConfigError
+    from condlora.runner.distributed import check_distributed
 
     check_distributed(SimpleNamespace(distributed_type=DistributedType.MULTI_CPU))  # DDP is fine
     check_distributed(SimpleNamespace(distributed_type=DistributedType.NO))

@@ -1,5 +1,5 @@
 """`condlora study`: orchestration with a cheap fake runner (tables by hand, skipping, resumable and shared
-Optuna searches), CLI errors, and one end-to-end study on real training (once condlora.train exists)."""
+Optuna searches), CLI errors, and one end-to-end study on real training (once condlora.runner.train exists)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from scipy import stats
 import condlora
 from condlora import cli
 from condlora.errors import CondLoRAError, ConfigError
-from condlora.study import PAPER_LR, StudySettings, run_once, run_study, search_lr
-from condlora.tables import paired_ttest
+from condlora.study.study import PAPER_LR, StudySettings, run_once, run_study, search_lr
+from condlora.study.tables import paired_ttest
 
 SRC = str(Path(condlora.__file__).resolve().parents[1])
 # test scores (fractions) per task x method and seed, chosen so every number below is computable by hand
@@ -35,7 +35,7 @@ def val_of(lr: float) -> float:
 
 
 class FakeRun:
-    """A deterministic stand-in for condlora.train.train: writes results.json like train does, records calls."""
+    """A deterministic stand-in for condlora.runner.train.train: writes results.json like train does, records calls."""
 
     def __init__(self):
         self.calls: list[dict] = []
@@ -74,7 +74,7 @@ def test_tables_match_hand_computation(tmp_path):
     assert "| LoRA | 69.67 ± 1.53 | 84.67 ± 1.53 | 77.17 ± 1.53 |" in md
     assert "| CondLoRA | 72.50 ± 1.50 | 84.50 ± 1.50 | 78.50 ± 1.50 |" in md
     assert "| Δ CondLoRA − LoRA | +2.83 | -0.17 | +1.33 |" in md
-    assert "| CondLoRA (published, roberta-base, as given in issue #3) |  |  | 83.42 |" in md
+    assert "| CondLoRA (published (Kim et al. 2024), roberta-base) |  |  | 83.42 |" in md
     rows = {(r["kind"], r["method"]): r for r in csv.DictReader((out / "table2.csv").open())}
     assert float(rows["mean", "lora"]["avg"]) == pytest.approx((69 + 2 / 3 + 84 + 2 / 3) / 2)
     assert float(rows["delta", "condlora"]["rte"]) == pytest.approx(72.5 - (69 + 2 / 3))
@@ -234,7 +234,7 @@ def test_resumed_search_continues(tmp_path):
 
 WORKER = """
 import json, os, sys, time
-from condlora.study import search_lr
+from condlora.study.study import search_lr
 log, db, out = sys.argv[1:4]
 
 def run(cfg):
@@ -294,7 +294,7 @@ def test_trial_of_a_killed_worker_is_retried(tmp_path):
 
 
 def test_mnli_uses_matched_accuracy():
-    from condlora.tables import collect_scores
+    from condlora.study.tables import collect_scores
 
     runs = [{"task": "mnli", "method": "lora", "seed": 0, "test_score": 0.80,
              "test_metrics": {"accuracy": 0.80, "matched_accuracy": 0.81, "mismatched_accuracy": 0.79}},
@@ -338,14 +338,14 @@ def test_preset_fallback_and_names(tmp_path):
     s = settings(tmp_path, tasks="STS-B,sst_2,RTE", methods="LoRA,full", lr=1e-4)
     assert s.tasks == ["stsb", "sst2", "rte"] and s.methods == ["lora", "full"]
     fake = FakeRun()
-    from condlora.study import choose_lr
+    from condlora.study.study import choose_lr
 
     assert choose_lr("rte", "full", s, {}, fake) == {"lr": 1e-4, "source": "--lr"}
     assert choose_lr("rte", "lora", s, {}, fake)["lr"] == PAPER_LR["rte"][0]
 
 
 def test_cli_flags_pass_through_to_every_run(tmp_path):
-    from condlora.study import add_arguments, settings_from_args
+    from condlora.cli.study import add_arguments, settings_from_args
 
     parser = __import__("argparse").ArgumentParser()
     add_arguments(parser)
@@ -381,8 +381,8 @@ def test_cli_help_and_bad_flags(tmp_path, capsys):
 
 
 def test_end_to_end_with_real_training(tmp_path, capsys):
-    """Real `condlora.train` runs (tiny BERT, small GLUE-layout TSVs from the train tests' fixtures)."""
-    pytest.importorskip("condlora.train", reason="condlora.train not merged yet")
+    """Real `condlora.runner.train` runs (tiny BERT, small GLUE-layout TSVs from the train tests' fixtures)."""
+    pytest.importorskip("condlora.runner.train", reason="condlora.runner.train not merged yet")
     fixtures = pytest.importorskip("glue_fixtures", reason="tests/glue_fixtures.py (train tests) not merged yet")
     model = fixtures.make_tiny_model_dir(tmp_path / "model")
     glue = fixtures.write_glue(tmp_path / "glue", n_train=40, n_dev=12, folders=["RTE"])

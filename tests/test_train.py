@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from condlora.cli import main as cli_main
 from condlora.errors import CondLoRAError
 from condlora.layers import draw_matrix, module_seed
-from condlora.train import TrainConfig, TrainingDiverged, train
+from condlora.runner.train import TrainConfig, TrainingDiverged, train
 from glue_fixtures import make_tiny_model_dir, real_glue_dir, write_glue, write_tsv
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -83,7 +83,7 @@ EXPECTED_TRAINABLE = {
 
 @pytest.mark.parametrize("method", ["lora", "lora-frozen-a", "condlora", "condlora-frozen-a", "full", "head"])
 def test_exact_trainable_set(method):
-    from condlora.methods import setup_method
+    from condlora.runner.methods import setup_method
     from conftest import tiny_bert
 
     model = setup_method(tiny_bert(), method, 8, 8.0, 0.0, ["query", "value"], 0)
@@ -98,9 +98,9 @@ def test_exact_trainable_set(method):
 
 @pytest.mark.parametrize("method", ["condlora", "lora"])
 def test_saved_best_adapter_reproduces_the_test_score(tiny, tmp_path, method):
-    from condlora.data import Encoded, load_glue
     from condlora.io import load_adapter
-    from condlora.models import load_classifier, load_tokenizer
+    from condlora.runner.data import Encoded, load_glue
+    from condlora.runner.models import load_classifier, load_tokenizer
 
     res = train(config(tiny, tmp_path, method=method, epochs=3, eval_every=2, lr=3e-2))
     model = load_classifier(tiny["model"], num_labels=2)
@@ -208,7 +208,7 @@ def test_cond_form_general_is_its_own_run_and_older_runs_still_match(tiny, tmp_p
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny, tmp_path, monkeypatch):
-    import condlora.train as train_module
+    import condlora.runner.train as train_module
 
     trainable = []
 

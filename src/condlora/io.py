@@ -184,3 +184,10 @@ def export_peft_lora(model: nn.Module, path: str | os.PathLike) -> Path:
     write_safetensors(path / WEIGHTS_NAME, peft_lora_tensors(model))
     write_text(path / CONFIG_NAME, json.dumps(peft_cfg.to_dict(), indent=2, sort_keys=True, default=list) + "\n")
     return path
+
+
+def saved_num_labels(adapter: str | Path) -> int:
+    """Classifier outputs of the head saved with a condlora adapter (2 when no head was saved)."""
+    ends = ("classifier.weight", "out_proj.weight", "score.weight")
+    heads = [v for k, v in read_tensors(Path(adapter) / WEIGHTS_NAME).items() if k.endswith(ends)]
+    return heads[-1].shape[0] if heads else 2

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from .config import COND_FORMS
-from .data import GLUE_DIR_ENV, TASKS
-from .methods import METHODS
-from .models import ALIASES_HELP
+from ..config import COND_FORMS
+from ..runner.data import GLUE_DIR_ENV, TASKS
+from ..runner.methods import METHODS
+from ..runner.models import ALIASES_HELP
 
 TASK_CHOICES = ", ".join(TASKS)
 KILL_ENV = "CONDLORA_DEBUG_KILL_AT_STEP"
@@ -76,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
     """Build the TrainConfig from the flags and run it."""
     import dataclasses
 
-    from .train import TrainConfig, train
+    from ..runner.train import TrainConfig, train
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from .io import WEIGHTS_NAME, export_peft_lora, load_adapter, read_config, read_tensors
-from .models import ALIASES_HELP, load_classifier, quiet_loading
+from ..io import export_peft_lora, load_adapter, read_config, saved_num_labels
+from ..runner.models import ALIASES_HELP, load_classifier, quiet_loading
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,13 +18,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no weight-loading progress bar")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="let transformers run Python code shipped with the model (off by default)")
-
-
-def saved_num_labels(adapter: str | Path) -> int:
-    """Classifier outputs of the head saved with a condlora adapter (2 when no head was saved)."""
-    ends = ("classifier.weight", "out_proj.weight", "score.weight")
-    heads = [v for k, v in read_tensors(Path(adapter) / WEIGHTS_NAME).items() if k.endswith(ends)]
-    return heads[-1].shape[0] if heads else 2
 
 
 def main(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 SHARDED = {"FSDP": ("ACCELERATE_USE_FSDP", "FSDP"), "DEEPSPEED": ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")}
 

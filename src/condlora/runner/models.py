@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from .errors import CondLoRAError
+from ..errors import CondLoRAError
 
 MINILM = "minilm"
 ROBERTA_RANDOM = "roberta-base-random"

@@ -7,9 +7,9 @@ import math
 import numbers
 from dataclasses import dataclass, field
 
-from .config import COND_FORMS
+from ..config import COND_FORMS
+from ..errors import ConfigError
 from .data import get_task
-from .errors import ConfigError
 from .methods import METHODS
 
 PRECISIONS = ("fp32", "bf16", "fp16")

@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
+from .. import __version__
+from ..errors import CondLoRAError, ConfigError
+from ..fileio import append_jsonl, existing_dir, read_jsonl, write_json, write_text
 from .checkpoint import CHECKPOINT_DIR, load_checkpoint, load_trainable, save_checkpoint
 from .data import Encoded, GlueData, load_glue, subsample
 from .distributed import check_distributed
-from .errors import CondLoRAError, ConfigError
-from .fileio import append_jsonl, existing_dir, read_jsonl, write_json, write_text
 from .methods import parameter_counts, save_best, setup_method, trainable_state
 from .metrics import compute_metrics
 from .models import head_module_names, load_classifier, load_tokenizer, quiet_loading

@@ -15,13 +15,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import AdapterConfig
-from .errors import ConfigError
-from .fileio import replace_dir
-from .inject import apply_adapter, linear_names
-from .io import PREFIX as PEFT_PREFIX
-from .io import export_peft_lora, save_adapter, write_safetensors
-from .layers import draw_matrix, module_seed
+from ..config import AdapterConfig
+from ..errors import ConfigError
+from ..fileio import replace_dir
+from ..inject import apply_adapter, linear_names
+from ..io import PREFIX as PEFT_PREFIX
+from ..io import export_peft_lora, save_adapter, write_safetensors
+from ..layers import draw_matrix, module_seed
 from .models import head_module_names
 
 METHODS = ("lora", "condlora", "lora-frozen-a", "condlora-frozen-a", "full", "head")

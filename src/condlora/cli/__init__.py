@@ -10,15 +10,15 @@ import argparse
 import importlib
 import sys
 
-from . import __version__
-from .errors import CondLoRAError
+from .. import __version__
+from ..errors import CondLoRAError
 
 COMMANDS = {
-    "train": ("condlora.train_cli", "fine-tune one model on one GLUE task (LoRA, CondLoRA, ...)"),
-    "study": ("condlora.study", "the paper's study: LR search, seeds, paired t-test, Tables 2 and 4"),
-    "analyze": ("condlora.analyze", "conversion matrices, subspace similarity heatmaps and Table 3"),
-    "bench": ("condlora.bench", "training/inference speed and memory against real PEFT LoRA"),
-    "export": ("condlora.export_cli", "write a condlora adapter as a plain PEFT LoRA adapter"),
+    "train": ("condlora.cli.train", "fine-tune one model on one GLUE task (LoRA, CondLoRA, ...)"),
+    "study": ("condlora.cli.study", "the paper's study: LR search, seeds, paired t-test, Tables 2 and 4"),
+    "analyze": ("condlora.cli.analyze", "conversion matrices, subspace similarity heatmaps and Table 3"),
+    "bench": ("condlora.cli.bench", "training/inference speed and memory against real PEFT LoRA"),
+    "export": ("condlora.cli.export", "write a condlora adapter as a plain PEFT LoRA adapter"),
 }
 
 

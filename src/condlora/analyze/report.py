@@ -18,9 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .adapter_matrices import AdapterMatrices, LayerMatrices, read_adapter
-from .analysis import (
-    FORMS,
+from ..analysis import (
     ConditioningWarning,
     Conversion,
     basis_similarity,
@@ -31,37 +29,15 @@ from .analysis import (
     similarity_matrix,
     subspace_similarity,
 )
-from .errors import CondLoRAError
-from .fileio import atomic_write, write_json, write_text
-from .inject import generator_key
-from .models import ALIASES_HELP, load_classifier
+from ..errors import CondLoRAError
+from ..fileio import atomic_write, write_json, write_text
+from ..inject import generator_key
+from ..runner.models import load_classifier
+from .matrices import AdapterMatrices, LayerMatrices, read_adapter
 
 KINDS = {"A": "W0→A", "B": "W0→B", "random_A": "W0→A, random W0, A, B", "random_B": "W0→B, random W0, A, B",
          "random_adapter_A": "W0→A, real W0, random A, B", "random_adapter_B": "W0→B, real W0, random A, B"}
 TABLE3 = (("A", "A"), ("B", "B"), ("dW", "ΔW"))
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Arguments of `condlora analyze`."""
-    p.add_argument("--model", required=True, help=f"base model the adapter was trained on: {ALIASES_HELP}")
-    p.add_argument("--adapter", required=True,
-                   help="adapter folder: condlora LoRA / CondLoRA (save_adapter) or real PEFT LoRA")
-    p.add_argument("--compare", default=None, help="a second adapter on the same model (e.g. LoRA vs CondLoRA)")
-    p.add_argument("--output-dir", required=True, help="where to write JSON, CSV, markdown and PNG files")
-    p.add_argument("--i", type=int, default=None, help="singular vectors taken from the first matrix (default r)")
-    p.add_argument("--j", type=int, default=None, help="singular vectors taken from the second matrix (default r)")
-    p.add_argument("--form", choices=FORMS, default="auto",
-                   help="how W0→A is solved: paper (W0·C = Aᵀ, square W0), general (W0ᵀ·C = Aᵀ, any W0), "
-                        "auto (a CondLoRA adapter's own form; else paper where square)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random Gaussian baseline")
-    p.add_argument("--num-labels", type=int, default=None, help="classifier outputs of the base model "
-                   "(default: read from a condlora adapter's saved head)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="CPU threads for the linear algebra (default 1: many small SVDs and solves run best on one "
-                        "thread and avoid OpenMP slow-downs on a busy machine)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="let transformers run Python code shipped with the model (off by default)")
 
 
 def _rank(layers: list[LayerMatrices]) -> int:
@@ -93,8 +69,8 @@ def analyze_module_type(layers: list[LayerMatrices], i: int | None, j: int | Non
     """φ matrices of W0→A and W0→B across `layers` and of the random baseline, with conditioning facts."""
     (d_out, d_in), r = layers[0].w0.shape, _rank(layers)
     if form == "paper" and d_out != d_in:
-        raise CondLoRAError(f"--form paper needs square weights, but {layers[0].name} is {d_out}x{d_in}; "
-                            "use --form general or auto")
+        raise CondLoRAError(f"--cond-form paper needs square weights, but {layers[0].name} is {d_out}x{d_in}; "
+                            "use --cond-form general or auto")
     convs, ill = [], []
     for m in layers:
         with warnings.catch_warnings(record=True) as caught:
@@ -276,27 +252,6 @@ def _read_adapters(args: argparse.Namespace) -> tuple[AdapterMatrices, AdapterMa
             logging.enable_progress_bar()
 
 
-def main(args: argparse.Namespace) -> int:
-    """Read the adapter(s), compute every analysis, write the files and print a summary."""
-    for flag in ("i", "j", "threads"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise CondLoRAError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
-    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
-        raise CondLoRAError(f"--output-dir {args.output_dir} exists and is not a folder")
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise CondLoRAError("condlora analyze draws with matplotlib: pip install 'condlora[analysis]'") from None
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
-        summary = run_analysis(args)
-    finally:
-        torch.set_num_threads(threads)
-    _print_summary(summary, Path(args.output_dir))
-    return 0
-
-
 def run_analysis(args: argparse.Namespace) -> dict:
     """Every analysis `args` asks for; writes all files and returns the summary (also in summary.json)."""
     start, out = time.perf_counter(), Path(args.output_dir)
@@ -307,7 +262,7 @@ def run_analysis(args: argparse.Namespace) -> dict:
     total, random_cache = 2 * sum(len(v) for v in adapter.types.values()), {}
     with tqdm(total=total, desc="analyze", unit="layer", disable=args.quiet) as bar, torch.no_grad():
         for type_name, layers in adapter.types.items():
-            form = adapter.forms.get(type_name, "auto") if args.form == "auto" else args.form
+            form = adapter.forms.get(type_name, "auto") if args.cond_form == "auto" else args.cond_form
             result = analyze_module_type(layers, args.i, args.j, form, args.seed, bar, random_cache)
             files = write_module_type(out, type_name, shorts[type_name], result)
             summary["module_types"][type_name] = {
@@ -322,18 +277,3 @@ def run_analysis(args: argparse.Namespace) -> dict:
     summary["seconds"] = round(time.perf_counter() - start, 2)
     write_json(out / "summary.json", summary)
     return summary
-
-
-def _print_summary(summary: dict, out: Path) -> None:
-    for type_name, s in summary["module_types"].items():
-        m = {k: ("n/a" if v is None else f"{v:.3f}") for k, v in s["mean_off_diagonal"].items()}
-        print(f"{type_name}: mean off-diagonal φ (random matrices; random A, B on this W0)\n"
-              f"  W0→A {m['A']} ({m['random_A']}; {m['random_adapter_A']})  "
-              f"W0→B {m['B']} ({m['random_B']}; {m['random_adapter_B']})")
-        if s["ill_conditioned"]:
-            print(f"  warning: W0 too ill-conditioned for meaningful conversion matrices in "
-                  f"{', '.join(s['ill_conditioned'])} (max cond {s['max_cond']:.3g})")
-    if summary["compare"]:
-        means = summary["compare"]["mean"].items()
-        print("table 3 means: " + ", ".join(f"{k} {v:.3f}" for k, v in means if v is not None))
-    print(f"wrote {out} in {summary['seconds']} s")

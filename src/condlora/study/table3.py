@@ -2,7 +2,7 @@
 
 For every task and seed where both methods saved a best adapter, each adapted layer gives
 φ(A_LoRA, A_CondLoRA) (right singular vectors), φ(B_LoRA, B_CondLoRA) and φ(ΔW_LoRA, ΔW_CondLoRA) (left),
-at i = j = r (`condlora.analyze.compare_adapters`). Cells are means over seeds and layers; the random row
+at i = j = r (`condlora.analyze.report.compare_adapters`). Cells are means over seeds and layers; the random row
 compares LoRA's matrices with same-shape Gaussian ones through the same pipeline.
 """
 
@@ -11,10 +11,10 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from .adapter_matrices import read_adapter
-from .analyze import base_loader, compare_adapters, line_plot
-from .errors import CondLoRAError
-from .fileio import write_text
+from ..analyze.matrices import read_adapter
+from ..analyze.report import base_loader, compare_adapters, line_plot
+from ..errors import CondLoRAError
+from ..fileio import write_text
 from .tables import mean_or_nan
 
 KINDS = (("A", "A"), ("B", "B"), ("dW", "ΔW"))

@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import AdapterLoadError
-from .inject import adapter_layers, layer_index, module_type
-from .io import WEIGHTS_NAME, load_adapter, read_config, read_config_json, read_tensors
-from .layers import SUPPORTED_TYPES, base_weight
+from ..errors import AdapterLoadError
+from ..inject import adapter_layers, layer_index, module_type
+from ..io import WEIGHTS_NAME, load_adapter, read_config, read_config_json, read_tensors, saved_num_labels
+from ..layers import SUPPORTED_TYPES, base_weight
 
 PEFT_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<name>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
 
@@ -130,6 +130,5 @@ def read_adapter(path: str | Path, base: Callable[[int | None], nn.Module]) -> A
     """Either format; `base(num_labels)` returns a base model (a fresh copy for condlora adapters)."""
     if adapter_format(path) == "peft":
         return read_peft(base(None), path)
-    from .export_cli import saved_num_labels
 
     return read_condlora(copy.deepcopy(base(saved_num_labels(path))), path)

@@ -17,9 +17,9 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from .errors import CondLoRAError
-from .fileio import existing_dir, replace_dir, write_json
-from .io import write_safetensors
+from ..errors import CondLoRAError
+from ..fileio import existing_dir, replace_dir, write_json
+from ..io import write_safetensors
 from .methods import trainable_state
 
 CHECKPOINT_DIR = "checkpoint"

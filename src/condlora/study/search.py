@@ -11,18 +11,18 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import CondLoRAError, ConfigError
+from ..errors import CondLoRAError, ConfigError
+from .runs import RunFn, run_once, train_run
 
 __all__ = ["LR_RANGE", "parse_lrs", "search_lr"]
 
 LR_RANGE = (1e-5, 3e-3)
 # run arguments that may differ between workers or re-runs of one study
 NOT_IDENTITY = ("quiet", "glue_dir", "trust_remote_code")
-RunFn = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 def parse_lrs(text: str | Sequence[float], flag: str) -> list[float]:
@@ -85,7 +85,7 @@ def _wait_for_others(study, poll_s: float) -> None:
 def _diverged_errors() -> tuple[type[Exception], ...]:
     """Errors that end one search trial instead of the whole search: a diverged training."""
     try:
-        from .train import TrainingDiverged
+        from ..runner.train import TrainingDiverged
     except ImportError:
         return ()
     return (TrainingDiverged,)
@@ -123,7 +123,7 @@ def search_lr(task: str, method: str, base_cfg: dict[str, Any], n_trials: int, s
     from optuna.trial import TrialState
 
     if run_fn is None:
-        from .study import train_run as run_fn
+        run_fn = train_run
 
     grid = sorted(set(grid)) if grid else None
     lo, hi = (grid[0], grid[-1]) if grid else lr_range
@@ -158,8 +158,6 @@ def search_lr(task: str, method: str, base_cfg: dict[str, Any], n_trials: int, s
 
 def _run_trial(trial, cfg: dict[str, Any], run_fn: RunFn, diverged: tuple[type[Exception], ...]) -> float:
     """Train one trial's run; its validation score (-inf if it raised one of `diverged`)."""
-    from .study import run_once
-
     trial.set_user_attr("run_dir", cfg["output_dir"])
     try:
         result = run_once(cfg, run_fn)

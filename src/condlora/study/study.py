@@ -9,21 +9,19 @@ through `--storage URL` (any Optuna RDB URL); together they run exactly the sear
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import COND_FORMS
-from .errors import CondLoRAError, ConfigError
-from .fileio import replace_dir, write_json
-from .search import LR_RANGE, NOT_IDENTITY, RunFn, parse_lrs, search_lr
+from ..errors import CondLoRAError, ConfigError
+from ..fileio import replace_dir, write_json
+from .runs import RunFn, finished_run, run_once, same_run, train_run
+from .search import LR_RANGE, NOT_IDENTITY, parse_lrs, search_lr
 from .tables import METHOD_LABELS, TASK_LABELS, paired_ttest, plot_search, write_tables
 
-__all__ = ["PAPER_LR", "StudySettings", "add_arguments", "main", "paired_ttest", "run_seeds", "run_study",
+__all__ = ["PAPER_LR", "StudySettings", "paired_ttest", "run_seeds", "run_study",
            "search_lr", "write_tables"]
 
 TASKS = tuple(TASK_LABELS)
@@ -122,42 +120,6 @@ class StudySettings:
         return len(self.lr_grid) if self.lr_grid else (self.lr_search or 0)
 
 
-def train_run(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The real runner: `condlora.train.train(TrainConfig(**cfg))`, resuming a run that was interrupted."""
-    try:
-        from .train import TrainConfig, train
-    except ImportError as e:
-        raise CondLoRAError(f"condlora.train is not available ({e}); cannot run trainings") from None
-    return train(TrainConfig(**{"resume": True, **cfg}))
-
-
-def _finished(run_dir: str | Path) -> dict[str, Any] | None:
-    """The results.json of a finished run in `run_dir` (None if absent or unreadable)."""
-    path = Path(run_dir) / "results.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
-    except json.JSONDecodeError:
-        return None
-
-
-def _same_run(done: dict[str, Any], cfg: dict[str, Any]) -> bool:
-    """Whether the finished results `done` were trained with cfg's seed, method and LR."""
-    same_lr = math.isclose(float(done.get("lr", math.nan)), cfg["lr"], rel_tol=1e-9)
-    return done.get("seed") == cfg["seed"] and done.get("method") == cfg["method"] and same_lr
-
-
-def run_once(cfg: dict[str, Any], run_fn: RunFn) -> dict[str, Any]:
-    """Return the finished results.json in cfg's output_dir if it matches cfg, else run `run_fn(cfg)`."""
-    path = Path(cfg["output_dir"]) / "results.json"
-    if (done := _finished(cfg["output_dir"])) is not None:
-        if _same_run(done, cfg):
-            return done
-        raise CondLoRAError(f"{path} holds a run with seed={done.get('seed')}, method={done.get('method')}, "
-                            f"lr={done.get('lr')}, not seed={cfg['seed']}, method={cfg['method']}, "
-                            f"lr={cfg['lr']}: use another --output-dir or delete that folder")
-    return run_fn(dict(cfg))
-
-
 def _progress(total: int, desc: str, quiet: bool):
     from tqdm.auto import tqdm
 
@@ -188,8 +150,8 @@ def _copy_finished_run(src: str | None, cfg: dict[str, Any]) -> None:
     dst = Path(cfg["output_dir"])
     if src is None or (dst / "results.json").exists():
         return
-    done = _finished(src)
-    if done is not None and _same_run(done, cfg):
+    done = finished_run(src)
+    if done is not None and same_run(done, cfg):
         replace_dir(dst, lambda tmp: shutil.copytree(src, tmp, dirs_exist_ok=True))
 
 
@@ -206,14 +168,14 @@ def choose_lr(task: str, method: str, s: StudySettings, base_cfg: dict[str, Any]
     if s.lr is not None:
         return {"lr": s.lr, "source": "--lr"}
     try:
-        from .train import TrainConfig
+        from ..runner.train import TrainConfig
     except ImportError as e:
-        raise CondLoRAError(f"condlora.train is not available ({e}); pass --lr") from None
+        raise CondLoRAError(f"condlora.runner.train is not available ({e}); pass --lr") from None
     return {"lr": TrainConfig.lr, "source": "default (TrainConfig.lr)"}
 
 
 def _versions() -> dict[str, str]:
-    from .train import versions
+    from ..runner.train import versions
 
     return versions()
 
@@ -254,7 +216,7 @@ def run_study(s: StudySettings, run_fn: RunFn = train_run) -> dict[str, Any]:
     record["tables"] = write_tables(record["runs"], s.tasks, s.methods, out,
                                     model=str(s.run_args.get("model", "minilm")), n_seeds=s.seeds)
     if {"lora", "condlora"} <= set(s.methods):
-        from .models import quiet_loading
+        from ..runner.models import quiet_loading
         from .table3 import write_study_table3
 
         with quiet_loading(s.quiet):
@@ -264,83 +226,3 @@ def run_study(s: StudySettings, run_fn: RunFn = train_run) -> dict[str, Any]:
     record["complete"] = True
     write_json(out / "study.json", record)
     return record
-
-
-EPILOG = """examples:
-  condlora study --tasks rte,mrpc,stsb,cola --methods lora,condlora --seeds 3 --lr-preset paper \\
-      --model minilm --output-dir runs/study
-  condlora study --lr-search 20 --seeds 5 --output-dir runs/study        # resumable; re-run to continue
-  condlora study --lr-grid 5e-4,1e-3,2e-3,5e-3 --output-dir runs/study   # every LR; seed 0 reuses its trial
-
-several workers on one search (processes or machines; same flags everywhere):
-  condlora study --lr-search 20 --storage postgresql://u:p@host/db --search-only --output-dir DIR   # on each
-  condlora study --lr-search 20 --storage postgresql://u:p@host/db --output-dir DIR   # then seeds + tables
-Together the workers run exactly 20 completed trials per task x method; a killed worker's trial is failed
-after 3 heartbeats (3 min) and retried with the same LR."""
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Arguments of `condlora study`."""
-    p.epilog, p.formatter_class = EPILOG, argparse.RawDescriptionHelpFormatter
-    p.add_argument("--tasks", default="rte,mrpc,stsb,cola", help=f"comma-separated GLUE tasks ({', '.join(TASKS)})")
-    p.add_argument("--methods", default="lora,condlora",
-                   help=f"comma-separated methods ({', '.join(METHODS)}); Δ and p-values compare with the first")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per task x method at the chosen LR (default 3)")
-    p.add_argument("--output-dir", required=True, help="study folder (runs, search, tables, study.json)")
-    lr = p.add_mutually_exclusive_group()
-    lr.add_argument("--lr-search", type=int, metavar="N_TRIALS",
-                    help="Optuna TPE search over LR in --lr-range (log), N_TRIALS per task x method")
-    lr.add_argument("--lr-grid", metavar="LR,LR,...",
-                    help="try every LR of this list per task x method (Optuna study of enqueued trials); "
-                         "the best on validation is used")
-    lr.add_argument("--lr-preset", choices=sorted(PRESETS),
-                    help="learning rates hard-coded in the authors' scripts (LoRA and CondLoRA only)")
-    p.add_argument("--lr", type=float, help="fixed LR for every run, or the fallback where the preset has none")
-    p.add_argument("--lr-range", default=",".join(map(str, LR_RANGE)), metavar="LO,HI",
-                   help="range of the TPE search (default %(default)s, the issue's; CondLoRA may want more)")
-    p.add_argument("--storage", help="Optuna storage URL shared by several workers, e.g. postgresql://... "
-                   "(default: sqlite under OUTPUT_DIR/search)")
-    p.add_argument("--search-seed", type=int, default=0, help="training seed of search runs and TPE seed (default 0)")
-    p.add_argument("--search-only", action="store_true",
-                   help="stop after the LR search (for extra workers sharing --storage)")
-    g = p.add_argument_group("passed to every run (condlora train; default: train's own)")
-    g.add_argument("--model", help="base model (alias, local folder or hub id)")
-    g.add_argument("--glue-dir", help="folder with GLUE TSVs (default: $CONDLORA_GLUE_DIR)")
-    g.add_argument("--epochs", type=float)
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--max-length", type=int)
-    g.add_argument("--max-train-samples", type=int)
-    g.add_argument("--max-eval-samples", type=int)
-    g.add_argument("--r", type=int)
-    g.add_argument("--alpha", type=float)
-    g.add_argument("--target-modules", help="comma-separated, e.g. query,value")
-    g.add_argument("--cond-form", choices=COND_FORMS, help="CondLoRA's form: auto (default), paper or general")
-    g.add_argument("--trust-remote-code", action="store_true", help="let transformers run the model's own code")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--run-progress", action="store_true", help="show each run's own progress bar too")
-
-
-def settings_from_args(args: argparse.Namespace) -> StudySettings:
-    """StudySettings from parsed CLI arguments (pass-through flags only when given)."""
-    run_args = {k: getattr(args, k) for k in PASS_THROUGH if getattr(args, k, None) not in (None, False)}
-    if "target_modules" in run_args:
-        run_args["target_modules"] = [m.strip() for m in run_args["target_modules"].split(",") if m.strip()]
-    return StudySettings(tasks=args.tasks, methods=args.methods, output_dir=args.output_dir, seeds=args.seeds,
-                         lr_search=args.lr_search, lr_grid=args.lr_grid, lr_range=args.lr_range,
-                         lr_preset=args.lr_preset, lr=args.lr, storage=args.storage,
-                         search_seed=args.search_seed, search_only=args.search_only, quiet=args.quiet,
-                         run_progress=args.run_progress,
-                         run_args=run_args)
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run the study and print the tables."""
-    s = settings_from_args(args)
-    record = run_study(s)
-    if s.search_only:
-        for t, by_m in record["lr"].items():
-            print(", ".join(f"{t}/{m}: lr={v['lr']:.4g} ({v['source']})" for m, v in by_m.items()))
-        return 0
-    print(record["tables"])
-    print(f"wrote {Path(s.output_dir) / 'study.json'}, table2.md/.csv/.png, table4.md/.csv")
-    return 0

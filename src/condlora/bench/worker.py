@@ -21,9 +21,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .errors import CondLoRAError
+from ..errors import CondLoRAError
 
-TRAIN_METHODS = ("base", "peft-lora", "lora", "condlora", "condlora-frozen-a", "lora-frozen-a", "full")
+TRAIN_METHODS = ("base", "lora", "native-lora", "condlora", "condlora-frozen-a", "native-lora-frozen-a", "full")
 INFER_METHODS = ("infer-base", "infer-merged", "infer-condlora")
 METHODS = TRAIN_METHODS + INFER_METHODS
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -32,8 +32,8 @@ PREFIX = "@@ "
 
 def apply_method(model: nn.Module, method: str, r: int, alpha: float, targets: list[str]) -> nn.Module:
     """`model` prepared for `method`: which parameters train, which adapter runs (the head always trains)."""
-    from . import AdapterConfig, apply_adapter, merge_and_unload
-    from .methods import freeze_all_but_head
+    from .. import AdapterConfig, apply_adapter, merge_and_unload
+    from ..runner.methods import freeze_all_but_head
 
     if method == "full":
         return model.requires_grad_(True)
@@ -42,7 +42,7 @@ def apply_method(model: nn.Module, method: str, r: int, alpha: float, targets: l
         # the floor: gradients flow into every layer's input (as below any adapter), only the head trains
         model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.requires_grad_(True))
         return model
-    if method == "peft-lora":
+    if method == "lora":  # the real peft library
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets))
@@ -50,7 +50,7 @@ def apply_method(model: nn.Module, method: str, r: int, alpha: float, targets: l
             if any(f".{h}." in f".{name}" for h in heads):
                 p.requires_grad_(True)
         return model
-    kind = "lora" if method.startswith("lora") else "condlora"
+    kind = "lora" if method.startswith("native-lora") else "condlora"
     cfg = AdapterConfig(method=kind, r=r, alpha=alpha, target_modules=targets,
                         train_a=not method.endswith("frozen-a"), modules_to_save=heads)
     model = apply_adapter(model, cfg)
@@ -67,14 +67,14 @@ class Runner:
     """A model, a batch and an optimizer for one method; `step()` is what is timed."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from .models import load_classifier
+        from ..runner.models import load_classifier
 
         self.device = torch.device(args.device)
         self.cuda = self.device.type == "cuda"
         torch.manual_seed(0)
-        model = load_classifier(args.model, num_labels=2, dtype=DTYPES[args.dtype],
+        model = load_classifier(args.model, num_labels=2, dtype=DTYPES[args.precision],
                                 trust_remote_code=args.trust_remote_code)
-        model = apply_method(model, args.method, args.r, args.alpha, args.targets.split(","))
+        model = apply_method(model, args.method, args.r, args.alpha, args.target_modules.split(","))
         self.model = model.to(self.device)
         self.forward = torch.compile(self.model) if args.compile else self.model
         self.train = args.method in TRAIN_METHODS
@@ -195,16 +195,16 @@ def serve(runner: Runner, memory: Callable[[], dict], read_line: Callable[[], st
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The worker's arguments (set by the parent, not by users)."""
-    p = argparse.ArgumentParser(prog="python -m condlora.bench_worker")
+    p = argparse.ArgumentParser(prog="python -m condlora.bench.worker")
     p.add_argument("--method", choices=METHODS, required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--batch-size", type=int, required=True)
     p.add_argument("--max-length", type=int, required=True)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    p.add_argument("--precision", choices=sorted(DTYPES), default="fp32")
     p.add_argument("--r", type=int, default=8)
-    p.add_argument("--alpha", type=float, default=16.0)
-    p.add_argument("--targets", default="query,value")
+    p.add_argument("--alpha", type=float, default=8.0)
+    p.add_argument("--target-modules", default="query,value")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--compile", action="store_true")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import CondLoRAError
+from ..errors import CondLoRAError
 
 SPLIT_SEED = 1
 VAL_FRACTION = 0.1
