@@ -272,8 +272,7 @@ class AdapterLayer(nn.Module):
 
 
 class LoRALinear(AdapterLayer):
-    """LoRA (Hu et al. 2022): own A (kaiming, or a frozen seeded draw) and B (zeros), or, with
-    `train_b=False`, a frozen seeded B and A starting at zero (see `init_pair`)."""
+    """LoRA (Hu et al. 2022): own A and B from `init_pair` (B · A = 0; a frozen one is a seeded draw)."""
 
     def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0,
                  train_a: bool = True, init_a: str = "orthogonal", seed: int = 0, name: str = "",
