@@ -1,4 +1,4 @@
-"""condlora: LoRA, CondLoRA and frozen-A adapters for Hugging Face transformers."""
+"""condlora: LoRA, CondLoRA and frozen-A / frozen-B adapters for Hugging Face transformers."""
 
 __version__ = "0.1.0"
 

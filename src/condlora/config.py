@@ -12,6 +12,7 @@ from .errors import ConfigError
 METHODS = ("lora", "condlora")
 COND_FORMS = ("auto", "paper", "general")
 INIT_A = ("orthogonal", "gaussian", "kaiming")
+INIT_B = INIT_A
 FORMAT_VERSION = 1
 
 
@@ -29,7 +30,11 @@ class AdapterConfig:
         cond_form: CondLoRA only. "paper" (A = Θ_A·W0ᵀ, B = W0·Θ_Bᵀ; square layers), "general"
             (A = θ_A·W0, B = W0·θ_B; any shape) or "auto" (paper where square, general otherwise).
         train_a: False freezes A (LoRA) or Θ_A (CondLoRA) at a seeded random draw: only B / Θ_B train.
+        train_b: False freezes B (LoRA) or Θ_B (CondLoRA) at a seeded random draw while A / Θ_A start at
+            zero and train (the A-only contrast of Zhu et al. 2024). train_a and train_b cannot both be false.
         init_a: how a frozen A is drawn: "orthogonal" (orthonormal rows), "gaussian" or "kaiming".
+        init_b: how a frozen B (d_out × r) or CondLoRA's frozen d_in × r map (B = W0 · map) is drawn:
+            "orthogonal" (orthonormal columns), "gaussian" (std 1/√r) or "kaiming" (U(±1/√r)).
         seed: seed of every adapter initialisation, so the same config gives the same adapter.
         modules_to_save: extra modules (e.g. the classifier head) left trainable and saved with the adapter.
         layers: only adapt modules whose layer index (first number in the module path) is in this list.
@@ -47,7 +52,9 @@ class AdapterConfig:
     target_modules: list[str] | str = field(default_factory=lambda: ["query", "value"])
     cond_form: str = "auto"
     train_a: bool = True
+    train_b: bool = True
     init_a: str = "orthogonal"
+    init_b: str = "orthogonal"
     seed: int = 0
     modules_to_save: list[str] | None = None
     layers: list[int] | None = None
@@ -61,14 +68,18 @@ class AdapterConfig:
         self._check_choice("method", METHODS)
         self._check_choice("cond_form", COND_FORMS)
         self._check_choice("init_a", INIT_A)
+        self._check_choice("init_b", INIT_B)
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
             raise ConfigError(f"r must be a positive integer, got {self.r!r}")
         if not _is_number(self.alpha) or not math.isfinite(self.alpha) or self.alpha <= 0:
             raise ConfigError(f"alpha must be a positive number, got {self.alpha!r}")
         if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if not isinstance(self.train_a, bool):
-            raise ConfigError(f"train_a must be true or false, got {self.train_a!r}")
+        for name in ("train_a", "train_b"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not (self.train_a or self.train_b):
+            raise ConfigError("train_a and train_b are both false: nothing would train; set one of them true")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
         self.target_modules = _names("target_modules", self.target_modules, allow_regex=True)

@@ -156,7 +156,8 @@ def apply_adapter(model: nn.Module, cfg: AdapterConfig) -> nn.Module:
 def _make_generators(types: dict[str, dict], cfg: AdapterConfig, like: torch.Tensor) -> dict[str, ABGenerator]:
     return {
         t["key"]: ABGenerator(t["d_in"], t["d_out"], cfg.r, t["form"], cfg.train_a, cfg.init_a, cfg.seed,
-                              name=type_name, dtype=like.dtype, device=like.device)
+                              name=type_name, dtype=like.dtype, device=like.device,
+                              train_b=cfg.train_b, init_b=cfg.init_b)
         for type_name, t in types.items()
     }
 
@@ -164,7 +165,8 @@ def _make_generators(types: dict[str, dict], cfg: AdapterConfig, like: torch.Ten
 def _make_layer(name: str, module: nn.Module, cfg: AdapterConfig, types: dict[str, dict],
                 generators: dict[str, ABGenerator]) -> AdapterLayer:
     if cfg.method == "lora":
-        return LoRALinear(module, cfg.r, cfg.alpha, cfg.dropout, cfg.train_a, cfg.init_a, cfg.seed, name)
+        return LoRALinear(module, cfg.r, cfg.alpha, cfg.dropout, cfg.train_a, cfg.init_a, cfg.seed, name,
+                          train_b=cfg.train_b, init_b=cfg.init_b)
     gen = generators[types[module_type(name)]["key"]]
     return CondLoRALinear(module, gen, cfg.r, cfg.alpha, cfg.dropout)
 

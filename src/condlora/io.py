@@ -39,7 +39,7 @@ def _saved_modules(model: nn.Module, cfg: AdapterConfig, peft_rule: bool = False
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every tensor the adapter owns (frozen A / Θ_A included) and the modules_to_save, by saved name."""
+    """Every tensor the adapter owns (a frozen A / B or Θ_A / Θ_B included) and the modules_to_save, by name."""
     cfg = get_config(model)
     out: dict[str, torch.Tensor] = {}
     if cfg.method == "lora":
@@ -107,7 +107,7 @@ def read_tensors(file: Path) -> dict[str, torch.Tensor]:
 def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Apply the adapter saved in folder `path` to `model` and load its weights; returns `model`.
 
-    Frozen matrices come from the file, never from the seed. The model is left untouched on error.
+    Frozen matrices (A or B) come from the file, never from the seed. The model is left untouched on error.
     """
     path = Path(path)
     cfg = read_config(path)
@@ -122,7 +122,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     try:
         load_adapter_weights(model, tensors, str(path / WEIGHTS_NAME))
     except AdapterLoadError:
-        merge_and_unload(model)  # nothing was copied yet and B is zero: this restores the base model exactly
+        merge_and_unload(model)  # nothing was copied yet and A or B is zero: this restores the base exactly
         for p, flag in flags:
             p.requires_grad_(flag)
         raise

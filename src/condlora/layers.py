@@ -27,9 +27,13 @@ def base_weight(base: nn.Module) -> torch.Tensor:
     return base.weight.T if isinstance(base, Conv1D) else base.weight
 
 
-def module_seed(seed: int, name: str) -> int:
-    """A stable per-module seed mixed from the config seed and the module's name."""
-    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
+def module_seed(seed: int, name: str, matrix: str = "A") -> int:
+    """A stable per-module seed mixed from the config seed, the module's name and the matrix ("A" or "B").
+
+    A keeps the original stream (name alone); B mixes in a suffix, so A and B draws of a module differ.
+    """
+    key = name if matrix == "A" else f"{name}#lora_{matrix}"
+    return (seed * 1_000_003 + zlib.crc32(key.encode())) % (2**63)
 
 
 def draw_matrix(rows: int, cols: int, init: str, seed: int) -> torch.Tensor:
@@ -46,12 +50,28 @@ def draw_matrix(rows: int, cols: int, init: str, seed: int) -> torch.Tensor:
     raise ValueError(f"unknown init {init!r}")
 
 
+def init_pair(r: int, a_cols: int, b_rows: int, train_a: bool, train_b: bool, init_a: str, init_b: str,
+              seed: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Initial A (r × a_cols) and B (b_rows × r) of one module: the frozen one drawn, the other as LoRA's.
+
+    Both train: A kaiming, B zero. A frozen: A drawn with `init_a`, B zero. B frozen: B drawn with
+    `init_b` from its own seed stream, A zero. Either way B · A = 0, so the adapter starts as the identity.
+    """
+    if not (train_a or train_b):
+        raise ValueError("train_a and train_b cannot both be false")
+    if not train_b:
+        return torch.zeros(r, a_cols), draw_matrix(b_rows, r, init_b, module_seed(seed, name, "B"))
+    a = draw_matrix(r, a_cols, init_a if not train_a else "kaiming", module_seed(seed, name))
+    return a, torch.zeros(b_rows, r)
+
+
 class ABGenerator(nn.Module):
     """The one trainable linear map of a CondLoRA module type, shared by all its layers."""
 
     def __init__(self, d_in: int, d_out: int, r: int, form: str, train_a: bool = True,
                  init_a: str = "orthogonal", seed: int = 0, name: str = "",
-                 dtype: torch.dtype | None = None, device: torch.device | None = None) -> None:
+                 dtype: torch.dtype | None = None, device: torch.device | None = None,
+                 train_b: bool = True, init_b: str = "orthogonal") -> None:
         super().__init__()
         if form not in ("paper", "general"):
             raise ValueError(f"form must be 'paper' or 'general', got {form!r}")
@@ -59,10 +79,11 @@ class ABGenerator(nn.Module):
             raise ValueError(f"the paper form needs a square weight, got d_out={d_out}, d_in={d_in}")
         self.d_in, self.d_out, self.r, self.form = d_in, d_out, r, form
         a_cols = d_in if form == "paper" else d_out
-        theta_a = draw_matrix(r, a_cols, init_a if not train_a else "kaiming", module_seed(seed, name))
-        theta_b = torch.zeros((r, d_in) if form == "paper" else (d_in, r))
+        theta_a, theta_b = init_pair(r, a_cols, d_in, train_a, train_b, init_a, init_b, seed, name)
+        if form == "paper":  # stored as Θ_B (r × d_in); B = W0 · Θ_Bᵀ, so the drawn d_in × r map is Θ_Bᵀ
+            theta_b = theta_b.T.contiguous()
         self.theta_A = nn.Parameter(theta_a.to(device=device, dtype=dtype), requires_grad=train_a)
-        self.theta_B = nn.Parameter(theta_b.to(device=device, dtype=dtype))
+        self.theta_B = nn.Parameter(theta_b.to(device=device, dtype=dtype), requires_grad=train_b)
 
     def generate(self, w0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A (r × d_in) and B (d_out × r) of the layer whose frozen weight is `w0` (d_out × d_in)."""
@@ -251,15 +272,16 @@ class AdapterLayer(nn.Module):
 
 
 class LoRALinear(AdapterLayer):
-    """LoRA (Hu et al. 2022): own A (kaiming, or a frozen seeded draw) and B (zeros)."""
+    """LoRA (Hu et al. 2022): own A and B from `init_pair` (B · A = 0; a frozen one is a seeded draw)."""
 
     def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0,
-                 train_a: bool = True, init_a: str = "orthogonal", seed: int = 0, name: str = "") -> None:
+                 train_a: bool = True, init_a: str = "orthogonal", seed: int = 0, name: str = "",
+                 train_b: bool = True, init_b: str = "orthogonal") -> None:
         super().__init__(base, r, alpha, dropout)
         w = base_weight(base)
-        a = draw_matrix(r, w.shape[1], init_a if not train_a else "kaiming", module_seed(seed, name))
+        a, b = init_pair(r, w.shape[1], w.shape[0], train_a, train_b, init_a, init_b, seed, name)
         self.lora_A = nn.Parameter(a.to(device=w.device, dtype=w.dtype), requires_grad=train_a)
-        self.lora_B = nn.Parameter(torch.zeros(w.shape[0], r, device=w.device, dtype=w.dtype))
+        self.lora_B = nn.Parameter(b.to(device=w.device, dtype=w.dtype), requires_grad=train_b)
 
     def lora_AB(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This layer's own A and B."""
