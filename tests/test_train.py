@@ -329,3 +329,24 @@ def test_real_rte_smoke_with_minilm(tmp_path):
     assert (res["train_size"], res["val_size"], res["test_size"], res["total_steps"]) == (64, 32, 32, 4)
     assert res["trainable_params"] == 2 * 2 * 8 * 384 and res["head_params"] == 384 * 2 + 2
     assert 0.0 <= res["test_score"] <= 1.0 and res["examples_per_sec"] > 0
+
+
+def test_precision_follows_accelerate_launch_unless_given(tiny, tmp_path, monkeypatch):
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    assert config(tiny, tmp_path).precision == "fp32"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what `accelerate launch --mixed_precision bf16` sets
+    assert config(tiny, tmp_path).precision == "bf16"
+    assert config(tiny, tmp_path, precision="fp32").precision == "fp32"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    assert config(tiny, tmp_path).precision == "fp32"
+
+
+def test_rerun_of_a_finished_run_says_so(tiny, tmp_path, capsys):
+    args = ["train", "--task", "rte", "--model", tiny["model"], "--glue-dir", tiny["glue"], "--output-dir",
+            str(tmp_path / "o"), "--epochs", "1", "--batch-size", "8", "--max-length", "32", "--lr", "1e-2"]
+    assert cli_main(args) == 0
+    first = capsys.readouterr().out
+    assert cli_main(args) == 0
+    out = capsys.readouterr().out
+    assert "already complete" in out and str(tmp_path / "o" / "results.json") in out
+    assert "already complete" not in first

@@ -369,6 +369,9 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
     accelerator = _accelerator(cfg)
     done = _check_output_dir(cfg, out)
     if done is not None:
+        if not cfg.quiet and accelerator.is_main_process:
+            print(f"{cfg.task} {cfg.method}: this run is already complete (val {done['val_score']:.4f}, test "
+                  f"{done['test_score']:.4f}); results in {out / 'results.json'}. Pass --overwrite to train again.")
         return done
     if accelerator.is_main_process:
         if cfg.overwrite:

@@ -42,7 +42,8 @@ class TrainConfig:
         eval_every: steps between evaluations; None = once per epoch.
         save_every: steps between extra checkpoints; None = at each evaluation only.
         pad_to_max_length: pad every batch to max_length (the paper's setting) instead of dynamic padding.
-        precision: fp32, or bf16 / fp16 autocast (GPU only).
+        precision: fp32, or bf16 / fp16 autocast (GPU only); None takes accelerate's own setting
+            (`accelerate launch --mixed_precision`, `accelerate config`), fp32 when it has none.
         quiet: no progress bar or summary.
         resume: continue from output_dir/checkpoint.
         overwrite: replace a different run in output_dir.
@@ -71,7 +72,7 @@ class TrainConfig:
     eval_every: int | None = None
     save_every: int | None = None
     pad_to_max_length: bool = False
-    precision: str = "fp32"
+    precision: str | None = None
     quiet: bool = False
     resume: bool = False
     overwrite: bool = False
@@ -83,6 +84,8 @@ class TrainConfig:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
         if self.cond_form not in COND_FORMS:
             raise ConfigError(f"cond_form must be one of {', '.join(COND_FORMS)}; got {self.cond_form!r}")
+        if self.precision is None:
+            self.precision = accelerate_precision()
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         if isinstance(self.target_modules, str):
@@ -109,6 +112,14 @@ class TrainConfig:
     def run_dict(self) -> dict:
         """The settings that define the run (flags like quiet/resume/overwrite left out)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in NOT_RUN_FIELDS}
+
+
+def accelerate_precision() -> str:
+    """The mixed precision `accelerate launch` (or its config file) asked for, as fp32 / bf16 / fp16."""
+    import os
+
+    value = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
+    return "fp32" if value in ("", "no") else value
 
 
 def _check_number(name: str, value: object, kind: type) -> None:
