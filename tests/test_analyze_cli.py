@@ -189,7 +189,8 @@ def test_bad_peft_weights_and_forced_paper_form_on_rectangular_layers(tmp_path, 
                 p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
     model.save_pretrained(tmp_path / "peft")
     capsys.readouterr()
-    assert run("--model", base, "--adapter", tmp_path / "peft", "--output-dir", tmp_path / "o", "--cond-form", "paper") == 2
+    assert run("--model", base, "--adapter", tmp_path / "peft", "--output-dir", tmp_path / "o",
+               "--cond-form", "paper") == 2
     assert "--cond-form paper needs square weights, but transformer.h.0.attn.c_attn is 96x32" in capsys.readouterr().err
     assert run("--model", base, "--adapter", tmp_path / "peft", "--output-dir", tmp_path / "o") == 0
     capsys.readouterr()

@@ -7,8 +7,8 @@ HEAVY = ("peft", "optuna", "scipy", "matplotlib", "accelerate", "sklearn", "data
 
 
 def test_import_condlora_imports_no_experiment_dependency():
-    code = ("import sys, condlora; heavy = %r; "
-            "print(','.join(m for m in heavy if m in sys.modules))") % (HEAVY,)
+    code = (f"import sys, condlora; heavy = {HEAVY!r}; "
+            "print(','.join(m for m in heavy if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 
