@@ -5,7 +5,7 @@ Repeats are interleaved: in each repeat every worker in turn runs its warmup and
 rotated from repeat to repeat, so machine noise hits every method alike; only one worker computes at a
 time. A method's step time is the median over repeats of its per-repeat median. Peak memory is each
 worker's first-step peak of live tensors (activations, gradients, optimizer state, temporaries); the
-JSON adds its resident-set peak (see `bench_worker`).
+JSON adds its resident-set peak (see `condlora.bench.worker`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ ALIASES = {"peft-lora": "lora"}
 
 
 def worker_command(method: str, args: argparse.Namespace) -> list[str]:
-    """The command line of the `bench_worker` process for `method`."""
+    """The command line of the `condlora.bench.worker` process for `method`."""
     cmd = [sys.executable, "-m", "condlora.bench.worker", "--method", method, "--model", args.model,
            "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
            "--device", args.device, "--precision", args.precision, "--r", str(args.r), "--alpha", str(args.alpha),
@@ -37,7 +37,7 @@ def worker_command(method: str, args: argparse.Namespace) -> list[str]:
 
 
 class Worker:
-    """A `bench_worker` process for one method."""
+    """A `condlora.bench.worker` process for one method."""
 
     def __init__(self, method: str, args: argparse.Namespace) -> None:
         self.method = method
