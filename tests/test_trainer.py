@@ -4,8 +4,10 @@ Adapter-only save_model and checkpoints, exact resume, reload in a fresh base, e
 save_pretrained never writing a folder that reloads wrong, the best checkpoint, accelerate state round-trip.
 """
 
+import copy
 import json
 import os
+import pickle
 import shutil
 
 import pytest
@@ -26,8 +28,9 @@ from condlora import (
     load_adapter,
     merge_and_unload,
 )
+from condlora.hf import peft_task_type
 from condlora.io import adapter_state_dict
-from conftest import logits, tiny_bert
+from conftest import logits, tiny_bert, tiny_gpt2, tiny_llama
 from test_layers import perturb
 
 CHECKPOINT_FILES = {"adapter_config.json", "adapter_model.safetensors", "optimizer.pt", "rng_state.pth",
@@ -126,6 +129,26 @@ def test_reload_in_a_fresh_base_and_export_to_peft(run, base_dir, tmp_path, ids)
     torch.testing.assert_close(logits(peft_model, ids), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_export_records_the_name_the_user_gave(base_dir, tmp_path):
+    model = BertForSequenceClassification.from_pretrained(base_dir)
+    apply_adapter(model, AdapterConfig(r=4, base_model_name_or_path="my-org/my-bert"))  # kept, not overwritten
+    export_peft_lora(model, tmp_path / "a")
+    assert json.loads((tmp_path / "a" / "adapter_config.json").read_text())["base_model_name_or_path"] == (
+        "my-org/my-bert")
+    export_peft_lora(model, tmp_path / "b", base_model_name_or_path="bert-base-uncased", task_type="SEQ_CLS")
+    assert json.loads((tmp_path / "b" / "adapter_config.json").read_text())["base_model_name_or_path"] == (
+        "bert-base-uncased")
+
+
+def test_peft_task_type_from_the_model_class():
+    from transformers import BertConfig, BertModel
+
+    assert peft_task_type(tiny_bert()) == "SEQ_CLS"
+    assert peft_task_type(tiny_llama()) == "CAUSAL_LM" and peft_task_type(tiny_gpt2()) == "CAUSAL_LM"
+    assert peft_task_type(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                               intermediate_size=32))) is None
+
+
 def test_our_folder_is_refused_by_peft_and_from_pretrained_naming_the_way(run, base_dir):
     _, out = run
     with pytest.raises(KeyError, match="export_peft_lora"):
@@ -146,6 +169,12 @@ def test_save_pretrained_saves_the_adapter_never_a_wrong_model(base_dir, tmp_pat
     merge_and_unload(model).save_pretrained(tmp_path / "merged")  # a plain, full model again
     merged = BertForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
     torch.testing.assert_close(logits(merged, ids), expected, rtol=1e-5, atol=1e-5)
+    copied = apply_adapter(tiny_bert(), AdapterConfig(r=4))
+    for twin in (pickle.loads(pickle.dumps(copied)), copy.deepcopy(copied)):  # the hook follows the copy
+        twin.save_pretrained(tmp_path / "twin")
+        assert set(os.listdir(tmp_path / "twin")) == {"adapter_config.json", "adapter_model.safetensors"}
+        assert twin.save_pretrained.args[0] is twin
+        shutil.rmtree(tmp_path / "twin")
     nameless = apply_adapter(tiny_bert(), AdapterConfig(r=4))  # built from a config: no base name to follow
     nameless.save_pretrained(tmp_path / "c")
     with pytest.raises(KeyError):
