@@ -22,6 +22,7 @@ from condlora import (
     AdapterLoadError,
     AdapterTrainer,
     CondLoRAError,
+    TargetError,
     adapter_layers,
     apply_adapter,
     export_peft_lora,
@@ -111,6 +112,9 @@ def test_resume_ends_where_the_uninterrupted_run_ends(run, base_dir, tmp_path, i
     final, again = trainable(model), trainable(resumed)
     assert set(final) == set(again) and all(torch.equal(final[n], again[n]) for n in final)
     assert torch.equal(logits(resumed.eval(), ids), logits(model, ids))
+    with pytest.raises(TargetError, match="no condlora adapter"):
+        AdapterTrainer(model=BertForSequenceClassification.from_pretrained(base_dir), args=args(tmp_path / "run"),
+                       train_dataset=rows()).train(resume_from_checkpoint=True)
     with pytest.raises(AdapterLoadError, match="differs from this model's in r"):
         AdapterTrainer(model=adapted(base_dir, r=8), args=args(tmp_path / "run"), train_dataset=rows()).train(
             resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-3"))

@@ -12,7 +12,6 @@ from torch import nn
 from transformers import Trainer
 
 from .hf import is_adapter_dir, load_adapter_state
-from .inject import CONFIG_ATTR
 
 
 class AdapterTrainer(Trainer):
@@ -20,16 +19,15 @@ class AdapterTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         """Load a condlora checkpoint's adapter into the model; anything else as `Trainer` does."""
-        target = self.model if model is None else model
-        if hasattr(target, CONFIG_ATTR) and is_adapter_dir(resume_from_checkpoint):
-            load_adapter_state(target, resume_from_checkpoint)
+        if is_adapter_dir(resume_from_checkpoint):  # a clear error if the model has no adapter
+            load_adapter_state(self.model if model is None else model, resume_from_checkpoint)
         else:
             super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     def _load_best_model(self) -> None:
         """Load the best checkpoint's adapter (`load_best_model_at_end=True`); anything else as `Trainer` does."""
         best = self.state.best_model_checkpoint
-        if hasattr(self.model, CONFIG_ATTR) and is_adapter_dir(best):
+        if best and is_adapter_dir(best):
             load_adapter_state(self.model, best)
         else:
             super()._load_best_model()

@@ -129,6 +129,7 @@ def apply_adapter(model: nn.Module, cfg: AdapterConfig) -> nn.Module:
 
     Only the adapter's trainable matrices and the parameters of `cfg.modules_to_save` keep
     `requires_grad=True`. The resolved forms, shapes and a fingerprint are written back into `cfg`.
+    A `transformers` model's `save_pretrained` then saves the adapter only (see `condlora.hf`).
     """
     if hasattr(model, CONFIG_ATTR):
         raise TargetError("this model already has an adapter; call merge_and_unload first")
