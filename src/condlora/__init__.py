@@ -17,6 +17,16 @@ from .inject import (  # noqa: E402
 from .io import export_peft_lora, load_adapter, save_adapter  # noqa: E402
 from .layers import ABGenerator, CondLoRALinear, LoRALinear  # noqa: E402
 
+
+def __getattr__(name: str):
+    """`condlora.AdapterTrainer`, imported on first use (it imports transformers.Trainer and accelerate)."""
+    if name == "AdapterTrainer":
+        from .hf_trainer import AdapterTrainer
+
+        return AdapterTrainer
+    raise AttributeError(f"module 'condlora' has no attribute {name!r}")
+
+
 __all__ = [
     "ABGenerator",
     "AdapterConfig",

@@ -40,7 +40,8 @@ class AdapterConfig:
         layers: only adapt modules whose layer index (first number in the module path) is in this list.
         module_types: filled by `apply_adapter`: per module type its form, d_in, d_out and generator key.
         fingerprint: filled by `apply_adapter`: targeted module name -> [d_out, d_in] of the base weight.
-        base_model_name_or_path: filled by `apply_adapter` from the model's config when known.
+        base_model_name_or_path: the base model's hub id or folder, as the user names it (written into
+            exports); when None, `apply_adapter` fills it from the model's config when known.
         library_version: filled on save.
         format_version: on-disk format of this library's adapters.
     """

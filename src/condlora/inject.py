@@ -129,6 +129,7 @@ def apply_adapter(model: nn.Module, cfg: AdapterConfig) -> nn.Module:
 
     Only the adapter's trainable matrices and the parameters of `cfg.modules_to_save` keep
     `requires_grad=True`. The resolved forms, shapes and a fingerprint are written back into `cfg`.
+    A `transformers` model's `save_pretrained` then saves the adapter only (see `condlora.hf`).
     """
     if hasattr(model, CONFIG_ATTR):
         raise TargetError("this model already has an adapter; call merge_and_unload first")
@@ -147,9 +148,13 @@ def apply_adapter(model: nn.Module, cfg: AdapterConfig) -> nn.Module:
     _unfreeze_modules_to_save(model, cfg)
     cfg.module_types = {k: {kk: v[kk] for kk in ("form", "d_in", "d_out", "key")} for k, v in types.items()}
     cfg.fingerprint = {name: list(base_weight(m).shape) for name, m in targets}
-    cfg.base_model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None) or None
+    if cfg.base_model_name_or_path is None:  # a name the user gave is kept (not a resolved local path)
+        cfg.base_model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None) or None
     cfg.library_version = __version__
     object.__setattr__(model, CONFIG_ATTR, cfg)
+    from .hf import attach_save_pretrained  # here, not at the top: hf imports this module
+
+    attach_save_pretrained(model)  # model.save_pretrained now writes the adapter (Trainer.save_model too)
     return model
 
 
@@ -222,6 +227,9 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     if hasattr(model, GENERATORS_ATTR):
         delattr(model, GENERATORS_ATTR)
     object.__delattr__(model, CONFIG_ATTR)
+    from .hf import detach_save_pretrained
+
+    detach_save_pretrained(model)  # save_pretrained saves the full, merged model again
     return model
 
 

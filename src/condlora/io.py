@@ -21,6 +21,9 @@ from .layers import Conv1D
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PREFIX = "base_model.model."
+# Written beside our config so that PEFT, which looks this value up, fails naming the way to convert.
+NOT_PEFT = "CONDLORA (a condlora adapter, not a PEFT one: load it with condlora.load_adapter, or convert it " \
+    "with condlora.export_peft_lora)"
 
 
 def _saved_modules(model: nn.Module, cfg: AdapterConfig, peft_rule: bool = False) -> dict[str, torch.Tensor]:
@@ -66,7 +69,10 @@ def save_adapter(model: nn.Module, path: str | os.PathLike) -> Path:
     path = Path(path)
     cfg.library_version = __version__
     write_safetensors(path / WEIGHTS_NAME, adapter_state_dict(model))
-    write_json(path / CONFIG_NAME, {"condlora": cfg.to_dict()})
+    data = {"condlora": cfg.to_dict(), "peft_type": NOT_PEFT}
+    if cfg.base_model_name_or_path:  # lets `from_pretrained(path)` reach PEFT and its NOT_PEFT error
+        data["base_model_name_or_path"] = cfg.base_model_name_or_path
+    write_json(path / CONFIG_NAME, data)
     return path
 
 
@@ -161,9 +167,16 @@ def peft_lora_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def export_peft_lora(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write the adapter as a plain PEFT LoRA folder, exactly (no SVD): `PeftModel.from_pretrained` loads it."""
+def export_peft_lora(model: nn.Module, path: str | os.PathLike, *, base_model_name_or_path: str | None = None,
+                     task_type: str | None = None) -> Path:
+    """Write the adapter as a plain PEFT LoRA folder, exactly (no SVD): `PeftModel.from_pretrained` loads it.
+
+    `base_model_name_or_path` defaults to the config's; `task_type` ("SEQ_CLS", "CAUSAL_LM", ...) to one
+    inferred from the model's class, so `AutoPeftModelFor...` pick the right class.
+    """
     from peft import LoraConfig
+
+    from .hf import peft_task_type
 
     cfg = get_config(model)
     layers = list(adapter_layers(model))
@@ -177,7 +190,8 @@ def export_peft_lora(model: nn.Module, path: str | os.PathLike) -> Path:
         target_modules=[name for name, _ in layers],
         fan_in_fan_out=conv.pop(),
         modules_to_save=cfg.modules_to_save,
-        base_model_name_or_path=cfg.base_model_name_or_path,
+        base_model_name_or_path=base_model_name_or_path or cfg.base_model_name_or_path,
+        task_type=task_type or peft_task_type(model),
         bias="none",
     )
     path = Path(path)
