@@ -13,7 +13,7 @@ from torch import nn
 
 from . import __version__
 from .config import AdapterConfig
-from .errors import AdapterLoadError, CondLoRAError, ConfigError, TargetError
+from .errors import AdapterLoadError, CondLoRAError, ConfigError, TargetError, require
 from .fileio import atomic_write, write_json, write_text
 from .inject import GENERATORS_ATTR, adapter_layers, apply_adapter, get_config, merge_and_unload, name_matches
 from .layers import Conv1D
@@ -163,6 +163,7 @@ def peft_lora_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def export_peft_lora(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write the adapter as a plain PEFT LoRA folder, exactly (no SVD): `PeftModel.from_pretrained` loads it."""
+    require("peft", "export_peft_lora", "peft")
     from peft import LoraConfig
 
     cfg = get_config(model)
