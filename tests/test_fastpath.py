@@ -21,6 +21,16 @@ def perturb(model, seed=5):
                 p.add_(torch.randn(p.shape, generator=g) * scale)
 
 
+def no_dropout(model):
+    """The models' own dropout off, so both passes see the same function (transformers 4.x's SDPA BERT
+    reads a float `dropout_prob` instead of its nn.Dropout)."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+        if isinstance(getattr(m, "dropout_prob", None), float):
+            m.dropout_prob = 0.0
+
+
 def grads_after_step(model, ids, fast):
     """Loss and the gradient of every trainable parameter after one backward, fast or reference path."""
     set_fast_path(model, fast)
@@ -41,9 +51,7 @@ def test_training_fast_path_matches_reference(arch, method, train_a, dtype):
     build, targets = MODELS[arch]
     model = apply_adapter(build().to(dtype),
                           AdapterConfig(method=method, r=4, target_modules=targets, train_a=train_a))
-    for m in model.modules():  # the models' own dropout off, so both passes see the same function
-        if isinstance(m, nn.Dropout):
-            m.p = 0.0
+    no_dropout(model)
     perturb(model)
     ids = torch.randint(1, 100, (2, 40), generator=torch.Generator().manual_seed(3))  # 80 tokens: fast path
     calls = []
@@ -168,9 +176,7 @@ def test_few_tokens_use_thin_products():
 def test_torch_compile_full_graph_matches_eager(method):
     """torch.compile traces the adapted model in one graph (no breaks) and gives eager's outputs and grads."""
     model = apply_adapter(tiny_bert(), AdapterConfig(method=method, r=4, target_modules=["query", "value"]))
-    for m in model.modules():
-        if isinstance(m, nn.Dropout):
-            m.p = 0.0
+    no_dropout(model)
     perturb(model)
     ids = torch.randint(1, 100, (2, 40), generator=torch.Generator().manual_seed(3))
     ref_out, ref_grads = grads_after_step(model, ids, fast=True)

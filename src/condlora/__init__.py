@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 from .analysis import conversion_matrices, subspace_similarity  # noqa: E402
 from .config import AdapterConfig  # noqa: E402
-from .errors import AdapterLoadError, CondLoRAError, ConfigError, TargetError  # noqa: E402
+from .errors import AdapterLoadError, CondLoRAError, ConfigError, MissingDependencyError, TargetError  # noqa: E402
 from .inject import (  # noqa: E402
     adapter_layers,
     apply_adapter,
@@ -35,6 +35,7 @@ __all__ = [
     "CondLoRALinear",
     "ConfigError",
     "LoRALinear",
+    "MissingDependencyError",
     "TargetError",
     "__version__",
     "adapter_layers",

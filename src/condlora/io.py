@@ -13,7 +13,7 @@ from torch import nn
 
 from . import __version__
 from .config import AdapterConfig
-from .errors import AdapterLoadError, CondLoRAError, ConfigError, TargetError
+from .errors import AdapterLoadError, CondLoRAError, ConfigError, TargetError, require
 from .fileio import atomic_write, write_json, write_text
 from .inject import GENERATORS_ATTR, adapter_layers, apply_adapter, get_config, merge_and_unload, name_matches
 from .layers import Conv1D
@@ -174,6 +174,7 @@ def export_peft_lora(model: nn.Module, path: str | os.PathLike, *, base_model_na
     `base_model_name_or_path` defaults to the config's; `task_type` ("SEQ_CLS", "CAUSAL_LM", ...) to one
     inferred from the model's class, so `AutoPeftModelFor...` pick the right class.
     """
+    require("peft", "export_peft_lora", "peft")
     from peft import LoraConfig
 
     from .hf import peft_task_type

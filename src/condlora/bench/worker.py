@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..errors import CondLoRAError
+from ..errors import CondLoRAError, require
 
 TRAIN_METHODS = ("base", "lora", "native-lora", "condlora", "condlora-frozen-a", "native-lora-frozen-a", "full")
 INFER_METHODS = ("infer-base", "infer-merged", "infer-condlora")
@@ -43,6 +43,7 @@ def apply_method(model: nn.Module, method: str, r: int, alpha: float, targets: l
         model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.requires_grad_(True))
         return model
     if method == "lora":  # the real peft library
+        require("peft", "bench method 'lora'", "peft")
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets))

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..config import AdapterConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, require
 from ..fileio import replace_dir
 from ..inject import apply_adapter, linear_names
 from ..io import PREFIX as PEFT_PREFIX
@@ -59,6 +59,7 @@ def freeze_all_but_head(model: nn.Module) -> list[str]:
 
 def _peft_lora(model: nn.Module, r: int, alpha: float, dropout: float, target_modules: list[str],
                heads: list[str], seed: int, frozen_a: bool) -> nn.Module:
+    require("peft", "method 'lora' (real PEFT LoRA)", "peft")
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(task_type="SEQ_CLS", r=r, lora_alpha=alpha, lora_dropout=dropout,
