@@ -8,7 +8,7 @@ from ..errors import ConfigError
 
 FLAGS = ("train_file", "validation_file", "test_file", "text_columns", "label_column", "metric")
 METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman")
-HELP = """own data (instead of a GLUE task), as transformers' run_glue.py takes it:
+HELP = """instead of a GLUE task, as transformers' run_glue.py takes it:
   files: .csv, .tsv (CSV quoting, tab-separated) or .jsonl/.json (JSON lines), UTF-8, first row = header
   text columns (default): sentence1,sentence2 if both exist, else text, else sentence, else the one or two
       columns besides the label
@@ -29,7 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train-file", help="training data (.csv, .tsv, .jsonl or .json lines)")
     g.add_argument("--validation-file", help="validation data for model selection (default: a seeded 10%% of "
                    "--train-file, as GLUE runs split theirs)")
-    g.add_argument("--test-file", help="test data, scored once with the best model (default: no test score)")
+    g.add_argument("--test-file", help="test data, scored once with the best model (default: no test score; "
+                   "condlora study needs one)")
     g.add_argument("--text-columns", type=_columns, metavar="A[,B]", help="one or two text columns")
     g.add_argument("--label-column", metavar="NAME", help="label column (default: label)")
     g.add_argument("--metric", choices=METRICS, help="main metric: accuracy, f1, mcc (classification), pearson, "

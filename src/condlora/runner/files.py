@@ -29,8 +29,8 @@ from .data import TASKS, Examples, GlueData, get_task, split_train
 
 FORMATS = {".csv": ",", ".tsv": "\t", ".jsonl": None, ".json": None}
 ROLES = {"train": "train_file", "validation": "validation_file", "test": "test_file"}
-DATA_FIELDS = ("train_file", "validation_file", "test_file", "text_columns", "label_column", "metric",
-               "data_sha256")
+OPTIONAL_FIELDS = ("validation_file", "test_file", "text_columns", "label_column", "metric")
+DATA_FIELDS = ("train_file", *OPTIONAL_FIELDS, "data_sha256")  # left out of a GLUE run's run_dict
 METRIC_FLAGS = {"accuracy": "accuracy", "f1": "f1", "mcc": "matthews", "pearson": "pearson",
                 "spearman": "spearman"}
 REGRESSION_METRICS = ("pearson", "spearman")
@@ -136,7 +136,8 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> Table:
         except csv.Error as e:
             where = f"line {start}" + (f" (to line {reader.line_num})" if reader.line_num > start else "")
             reason = str(e).replace("\t", "TAB")
-            raise CondLoRAError(f"{path} {where}: bad quoting ({reason}); {QUOTING_HINT}") from None
+            what = f"unreadable row ({reason})" if "limit" in reason else f"bad quoting ({reason}); {QUOTING_HINT}"
+            raise CondLoRAError(f"{path} {where}: {what}") from None
         if not fields:
             continue  # a blank line
         if header is None:
@@ -168,7 +169,8 @@ def _read_jsonl(path: Path, text: str) -> Table:
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
-        hint = "; .json files are read as JSON lines (one object per line)" if line.lstrip()[:1] == "[" else ""
+        pretty = line.lstrip()[:1] == "[" or line.strip() == "{"
+        hint = "; .json files are read as JSON lines (one object per line)" if pretty else ""
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
@@ -368,7 +370,7 @@ def _task_name(task: str | None, train_file: str) -> str:
 def configure_data(cfg) -> str:
     """TrainConfig hook: check the own-data fields, hash the files; returns the task's name."""
     if cfg.train_file is None:
-        given = next((f for f in DATA_FIELDS[1:-1] if getattr(cfg, f) is not None), None)
+        given = next((f for f in OPTIONAL_FIELDS if getattr(cfg, f) is not None), None)
         if given is not None:
             raise ConfigError(f"{given} needs train_file (own data); GLUE tasks have fixed columns and metrics")
         if cfg.task is None:
