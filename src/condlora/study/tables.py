@@ -279,8 +279,9 @@ def plot_search(lrs: dict[str, dict[str, dict]], path: str | Path,
 
 def caption(t: Table2, model: str, n_seeds: int) -> str:
     """The text printed above Table 2: model, seeds and the metric of each task."""
-    metrics = ", ".join(f"{TASK_LABELS.get(k, k)} {TASK_METRICS.get(k, '(own test file)')}" for k in t.tasks)
-    return (f"Table 2: {model}, test = official GLUE dev set, mean ± std over {n_seeds} seed(s), x100 ({metrics}).\n"
+    metrics = ", ".join(f"{TASK_LABELS.get(k, k)} {TASK_METRICS.get(k, 'main metric')}" for k in t.tasks)
+    test = "official GLUE dev set" if all(k in TASK_LABELS for k in t.tasks) else "--test-file"  # own data
+    return (f"Table 2: {model}, test = {test}, mean ± std over {n_seeds} seed(s), x100 ({metrics}).\n"
             f"Δ and paired t-test p-values compare each method with {METHOD_LABELS[t.methods[0]]} over seeds. "
             "Published averages are over all 8 GLUE tasks, so they are only comparable when all 8 tasks are run.\n")
 
