@@ -127,14 +127,25 @@ def cfg(path: Path, **kw) -> TrainConfig:
 
 
 def test_label_ids_follow_sorted_labels(tmp_path):
-    ints = write_csv(tmp_path / "i.csv", ["text", "label"], [["x", v] for v in (5, -1, 5, "1.0", 2)])
-    assert load_files(cfg(ints, validation_file=str(ints))).train.labels == [3, 0, 3, 1, 2]
+    def ids(data) -> dict[str, int]:
+        return {t[0]: y for t, y in zip(data.train.texts, data.train.labels, strict=True)}
+
+    ints = write_csv(tmp_path / "i.csv", ["text", "label"], [[f"t{i}", v] for i, v in enumerate((5, -1, 5, "1.0", 2))])
+    assert ids(load_files(cfg(ints, validation_file=str(ints)))) == {"t0": 3, "t1": 0, "t2": 3, "t3": 1, "t4": 2}
     assert infer_labels(read_table(ints), "label") == (-1, 1, 2, 5)
-    strings = write_jsonl(tmp_path / "s.jsonl", [{"text": "x", "label": v} for v in ("b", "a", "c", "a")])
+    strings = write_jsonl(tmp_path / "s.jsonl", [{"text": f"t{i}", "label": v} for i, v in enumerate("baca")])
     data = load_files(cfg(strings, validation_file=str(strings)))
-    assert (data.task.labels, data.train.labels, data.task.metric) == (("a", "b", "c"), [1, 0, 2, 0], "accuracy")
+    assert (data.task.labels, data.task.metric) == (("a", "b", "c"), "accuracy")
+    assert ids(data) == {"t0": 1, "t1": 0, "t2": 2, "t3": 0}
     mixed = write_csv(tmp_path / "m.csv", ["text", "label"], [["x", "1"], ["y", "2.5"], ["z", "0"]])
     assert infer_labels(read_table(mixed), "label") is None
+
+
+def test_sorted_files_are_shuffled_so_max_samples_take_random_rows(tmp_path):
+    path = write_csv(tmp_path / "sorted.csv", ["text", "label"], [[f"t{i}", i >= 20] for i in range(40)])
+    data = load_files(cfg(path, validation_file=str(path)))
+    assert sorted(data.train.texts) == sorted((f"t{i}",) for i in range(40))
+    assert set(data.train.labels[:8]) == {0, 1} and set(data.val.labels[:8]) == {0, 1}
 
 
 def test_quoted_fields_and_bom_are_read_exactly(tmp_path):

@@ -318,8 +318,9 @@ def load_files(cfg) -> GlueData:
     files = {role: getattr(cfg, flag) for role, flag in ROLES.items() if getattr(cfg, flag)}
     task = FileTask(cfg.task, cols, label_col, labels, _metric(cfg.metric, labels, cfg.train_file), files)
     full = to_examples(train, task)
-    if cfg.validation_file:
-        train_set, val = full, to_examples(read_table(cfg.validation_file), task)
+    if cfg.validation_file:  # shuffled as the split is, so that --max-*-samples take random rows
+        val = to_examples(read_table(cfg.validation_file), task)
+        train_set, val = split_train(full, fraction=0.0)[0], split_train(val, fraction=0.0)[0]
     else:
         train_set, val = split_train(full)
     test = {"test": to_examples(read_table(cfg.test_file), task)} if cfg.test_file else {}
