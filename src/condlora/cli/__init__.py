@@ -14,7 +14,7 @@ from .. import __version__
 from ..errors import CondLoRAError
 
 COMMANDS = {
-    "train": ("condlora.cli.train", "fine-tune one model on one GLUE task (LoRA, CondLoRA, ...)"),
+    "train": ("condlora.cli.train", "fine-tune one model on a GLUE task or own data files (LoRA, CondLoRA, ...)"),
     "study": ("condlora.cli.study", "the paper's study: LR search, seeds, paired t-test, Tables 2 and 4"),
     "analyze": ("condlora.cli.analyze", "conversion matrices, subspace similarity heatmaps and Table 3"),
     "bench": ("condlora.cli.bench", "training/inference speed and memory against real PEFT LoRA"),

@@ -8,7 +8,9 @@ from pathlib import Path
 from ..config import COND_FORMS
 from ..study.search import LR_RANGE
 from ..study.study import METHODS, PASS_THROUGH, PRESETS, TASKS, StudySettings, run_study
+from . import owndata
 
+DEFAULT_TASKS = "rte,mrpc,stsb,cola"
 EPILOG = """examples:
   condlora study --tasks rte,mrpc,stsb,cola --methods lora,condlora --seeds 3 --lr-preset paper \\
       --model minilm --output-dir runs/study
@@ -25,7 +27,8 @@ after 3 heartbeats (3 min) and retried with the same LR."""
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `condlora study`."""
     p.epilog, p.formatter_class = EPILOG, argparse.RawDescriptionHelpFormatter
-    p.add_argument("--tasks", default="rte,mrpc,stsb,cola", help=f"comma-separated GLUE tasks ({', '.join(TASKS)})")
+    p.add_argument("--tasks", help=f"comma-separated GLUE tasks ({', '.join(TASKS)}; default {DEFAULT_TASKS}); "
+                   "or own data: --train-file")
     p.add_argument("--methods", default="lora,condlora",
                    help=f"comma-separated methods ({', '.join(METHODS)}); Δ and p-values compare with the first")
     p.add_argument("--seeds", type=int, default=3, help="seeds per task x method at the chosen LR (default 3)")
@@ -59,6 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target-modules", help="comma-separated, e.g. query,value")
     g.add_argument("--cond-form", choices=COND_FORMS, help="CondLoRA's form: auto (default), paper or general")
     g.add_argument("--trust-remote-code", action="store_true", help="let transformers run the model's own code")
+    owndata.add_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--run-progress", action="store_true", help="show each run's own progress bar too")
 
@@ -68,7 +72,10 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
     run_args = {k: getattr(args, k) for k in PASS_THROUGH if getattr(args, k, None) not in (None, False)}
     if "target_modules" in run_args:
         run_args["target_modules"] = [m.strip() for m in run_args["target_modules"].split(",") if m.strip()]
-    return StudySettings(tasks=args.tasks, methods=args.methods, output_dir=args.output_dir, seeds=args.seeds,
+    owndata.check(args, "tasks")  # own data: one task, named --task-name (default: the train file's name)
+    run_args.update(owndata.run_args(args))
+    tasks = args.task_name if args.train_file else args.tasks or DEFAULT_TASKS
+    return StudySettings(tasks=tasks, methods=args.methods, output_dir=args.output_dir, seeds=args.seeds,
                          lr_search=args.lr_search, lr_grid=args.lr_grid, lr_range=args.lr_range,
                          lr_preset=args.lr_preset, lr=args.lr, storage=args.storage,
                          search_seed=args.search_seed, search_only=args.search_only, quiet=args.quiet,

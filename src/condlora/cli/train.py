@@ -8,6 +8,7 @@ from ..config import COND_FORMS
 from ..runner.data import GLUE_DIR_ENV, TASKS
 from ..runner.methods import METHODS
 from ..runner.models import ALIASES_HELP
+from . import owndata
 
 TASK_CHOICES = ", ".join(TASKS)
 KILL_ENV = "CONDLORA_DEBUG_KILL_AT_STEP"
@@ -32,7 +33,9 @@ def _modules(text: str) -> list[str]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `condlora train`."""
-    p.add_argument("--task", required=True, help=f"GLUE task: {TASK_CHOICES} (case-insensitive; SST-2, STS-B ok)")
+    p.add_argument("--task", help=f"GLUE task: {TASK_CHOICES} (case-insensitive; SST-2, STS-B ok); "
+                   "or own data: --train-file")
+    owndata.add_arguments(p)
     p.add_argument("--method", default="condlora", choices=METHODS,
                    help="lora (real PEFT), condlora, their frozen-A variants, full or head (default: condlora)")
     p.add_argument("--model", default="minilm", help=f"base model: {ALIASES_HELP} (default: minilm; "
@@ -79,6 +82,7 @@ def main(args: argparse.Namespace) -> int:
 
     from ..runner.train import TrainConfig, train
 
+    args.task = owndata.train_task(args)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     train(cfg, on_step=_debug_kill_hook())

@@ -1,4 +1,5 @@
-"""GLUE metrics with scikit-learn and scipy: accuracy, Matthews correlation, F1, Pearson and Spearman."""
+"""GLUE and own-data metrics with scikit-learn and scipy: accuracy, Matthews correlation, F1 (binary, or macro
+over more labels), Pearson and Spearman."""
 
 from __future__ import annotations
 
@@ -32,8 +33,10 @@ def compute_metrics(task: GlueTask, predictions: np.ndarray, labels: np.ndarray)
     from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
     out = {"accuracy": float(accuracy_score(labels, predictions))}
-    if task.metric == "matthews":
+    extra = getattr(task, "extra_metrics", ())  # own data (runner/files.py): its metric, F1 when binary
+    if task.metric == "matthews" or "matthews" in extra:
         out["matthews"] = float(matthews_corrcoef(labels, predictions))
-    if task.name in PAIR_F1_TASKS:
-        out["f1"] = float(f1_score(labels, predictions, zero_division=0.0))
+    if task.name in PAIR_F1_TASKS or "f1" in extra:
+        average = "binary" if task.num_labels == 2 else "macro"
+        out["f1"] = float(f1_score(labels, predictions, average=average, zero_division=0.0))
     return out

@@ -27,6 +27,7 @@ from ..fileio import append_jsonl, existing_dir, read_jsonl, write_json, write_t
 from .checkpoint import CHECKPOINT_DIR, load_checkpoint, load_trainable, save_checkpoint
 from .data import Encoded, GlueData, load_glue, subsample
 from .distributed import check_distributed
+from .files import load_files, task_record
 from .methods import parameter_counts, save_best, setup_method, trainable_state
 from .metrics import compute_metrics
 from .models import head_module_names, load_classifier, load_tokenizer, quiet_loading
@@ -142,7 +143,7 @@ class Run:
         from accelerate.utils import set_seed
 
         set_seed(cfg.seed)
-        self.data = load_glue(cfg.task, cfg.glue_dir)
+        self.data = load_files(cfg) if cfg.train_file else load_glue(cfg.task, cfg.glue_dir)
         self.task = self.data.task
         tokenizer, model = self._build_model()
         self._encode(tokenizer, self.data)
@@ -186,7 +187,7 @@ class Run:
         enc = lambda ex: Encoded(ex, tokenizer, cfg.max_length, cfg.pad_to_max_length)  # noqa: E731
         if not len(val) or not len(train):
             raise CondLoRAError(f"{cfg.task}: {len(train)} training and {len(val)} validation examples; "
-                                "the GLUE train file has too few rows")
+                                "the train file has too few rows")
         self.train_enc, self.val_enc = enc(train), enc(val)
         self.test_encs = {p: enc(subsample(ex, cfg.max_eval_samples)) for p, ex in data.test_parts.items()}
 
@@ -329,7 +330,8 @@ class Run:
         load_trainable(self.unwrapped, self.best, "best weights")
         preds = {p: self.predict(e) for p, e in self.test_encs.items()}
         labels = {p: e.labels.numpy() for p, e in self.test_encs.items()}
-        test = compute_metrics(self.task, np.concatenate(list(preds.values())), np.concatenate(list(labels.values())))
+        test = compute_metrics(self.task, np.concatenate(list(preds.values())),
+                               np.concatenate(list(labels.values()))) if preds else {}  # own data: test file optional
         if len(preds) > 1:
             for p in preds:
                 test.update({f"{p}_{k}": v for k, v in compute_metrics(self.task, preds[p], labels[p]).items()})
@@ -347,7 +349,7 @@ class Run:
         cfg, st, metric = self.cfg, self.state, self.task.metric
         return {
             "task": cfg.task, "method": cfg.method, "model": cfg.model, "seed": cfg.seed, "lr": cfg.lr,
-            "metric": metric, "val_score": st["best_score"], "test_score": test[metric],
+            "metric": metric, "val_score": st["best_score"], "test_score": test.get(metric),
             "val_metrics": st["best_val"], "test_metrics": test,
             "trainable_params": self.counts["trainable"], "head_params": self.counts["head"],
             "base_params": self.counts["base"],
@@ -355,7 +357,7 @@ class Run:
             "wall_time_s": self.wall_time(), "best_step": st["best_step"], "total_steps": self.total_steps,
             "epochs": cfg.epochs, "train_size": len(self.train_enc), "val_size": len(self.val_enc),
             "test_size": sum(len(e) for e in self.test_encs.values()),
-            "num_processes": self.acc.num_processes, "library_version": __version__,
+            "num_processes": self.acc.num_processes, "library_version": __version__, **task_record(self.task),
         }
 
 
@@ -389,6 +391,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
     run.loop(on_step)
     results = run.finish()
     if not cfg.quiet and accelerator.is_main_process:
-        print(f"{cfg.task} {cfg.method}: val {results['metric']} {results['val_score']:.4f}, test "
-              f"{results['test_score']:.4f} (best step {results['best_step']}); wrote {out}")
+        test = "no test file" if results["test_score"] is None else f"test {results['test_score']:.4f}"
+        print(f"{cfg.task} {cfg.method}: val {results['metric']} {results['val_score']:.4f}, {test} "
+              f"(best step {results['best_step']}); wrote {out}")
     return results

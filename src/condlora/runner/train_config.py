@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from ..config import COND_FORMS
 from ..errors import ConfigError
-from .data import get_task
+from .files import DATA_FIELDS, configure_data
 from .methods import METHODS
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -23,11 +23,17 @@ class TrainConfig:
     """Settings of one fine-tuning run (`condlora train` maps its flags 1:1 onto these fields).
 
     Attributes:
-        task: cola sst2 mrpc stsb qqp mnli qnli rte (case-insensitive; GLUE folder names like SST-2 accepted).
+        task: cola sst2 mrpc stsb qqp mnli qnli rte (case-insensitive; GLUE folder names like SST-2 accepted);
+            with train_file, the own data's task name.
         method: lora (real PEFT) | condlora | lora-frozen-a | condlora-frozen-a | full | head.
         model: alias (`minilm`, offline), local folder or hub id.
         output_dir: run folder (config.json, metrics.jsonl, results.json, checkpoint/, best adapter).
         glue_dir: GLUE TSV folder; default $CONDLORA_GLUE_DIR, else the hub via `datasets`.
+        train_file, validation_file, test_file: own data instead of a GLUE task (.csv, .tsv, .jsonl/.json);
+            then `task` names it (default: the train file's name). See `condlora.runner.files`.
+        text_columns, label_column, metric: own data's one or two text columns, label column (default label)
+            and main metric (accuracy, f1, mcc, pearson, spearman; default accuracy or pearson).
+        data_sha256: set from the files (role -> SHA-256), so a run on changed files is another run.
         seed: seed of model init, adapter init, data order and dropout (the 90/10 split always uses seed 1).
         epochs: training epochs (fractions allowed).
         lr: peak learning rate of AdamW.
@@ -50,11 +56,18 @@ class TrainConfig:
         trust_remote_code: let transformers run Python code shipped with the model (off unless asked for).
     """
 
-    task: str
+    task: str | None = None
     method: str = "condlora"
     model: str = "minilm"
     output_dir: str = "runs/run"
     glue_dir: str | None = None
+    train_file: str | None = None
+    validation_file: str | None = None
+    test_file: str | None = None
+    text_columns: list[str] | None = None
+    label_column: str | None = None
+    metric: str | None = None
+    data_sha256: dict[str, str] | None = None
     seed: int = 0
     epochs: float = 3
     lr: float = 5e-4
@@ -79,7 +92,7 @@ class TrainConfig:
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
-        self.task = get_task(self.task).name
+        self.task = configure_data(self)  # a GLUE task, or own data files (runner/files.py)
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
         if self.cond_form not in COND_FORMS:
@@ -111,7 +124,8 @@ class TrainConfig:
 
     def run_dict(self) -> dict:
         """The settings that define the run (flags like quiet/resume/overwrite left out)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in NOT_RUN_FIELDS}
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in NOT_RUN_FIELDS and not (k in DATA_FIELDS and v is None)}
 
 
 def accelerate_precision() -> str:

@@ -81,7 +81,12 @@ class StudySettings:
     run_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.tasks = parse_names(self.tasks, TASKS, "task")
+        if self.run_args.get("train_file"):  # own data files: one task (runner/files.py)
+            from ..runner.files import study_task
+
+            self.tasks = study_task(self.tasks, self.run_args)
+        else:
+            self.tasks = parse_names(self.tasks, TASKS, "task")
         self.methods = parse_names(self.methods, METHODS, "method")
         if self.seeds < 1:
             raise ConfigError(f"--seeds must be >= 1, got {self.seeds}")

@@ -155,7 +155,7 @@ def _ints(xs: list[int]) -> str:
 def table2_rows(t: Table2) -> list[list[str]]:
     """Table 2 as display rows (header first): methods, Δ, p-values, published references."""
     cols = [*t.tasks, "avg"]
-    rows = [["Method", *(TASK_LABELS[k] for k in t.tasks), "Avg."]]
+    rows = [["Method", *(TASK_LABELS.get(k, k) for k in t.tasks), "Avg."]]
     for m in t.methods:
         rows.append([METHOD_LABELS[m], *(_cell(t.mean[m][k], t.std[m][k]) for k in cols)])
     base = METHOD_LABELS[t.methods[0]]
@@ -268,7 +268,7 @@ def plot_search(lrs: dict[str, dict[str, dict]], path: str | Path,
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         if ticks:
             ax.set_xticks(ticks, [f"{t:.0e}" for t in ticks], fontsize=7)
-        ax.set_title(f"{TASK_LABELS[task]} (dashed: chosen LR)", fontsize=9)
+        ax.set_title(f"{TASK_LABELS.get(task, task)} (dashed: chosen LR)", fontsize=9)
         ax.set_xlabel("learning rate")
     axes[0][0].set_ylabel("validation score x100")
     axes[0][0].legend(fontsize=7)
@@ -279,8 +279,9 @@ def plot_search(lrs: dict[str, dict[str, dict]], path: str | Path,
 
 def caption(t: Table2, model: str, n_seeds: int) -> str:
     """The text printed above Table 2: model, seeds and the metric of each task."""
-    metrics = ", ".join(f"{TASK_LABELS[k]} {TASK_METRICS[k]}" for k in t.tasks)
-    return (f"Table 2: {model}, test = official GLUE dev set, mean ± std over {n_seeds} seed(s), x100 ({metrics}).\n"
+    metrics = ", ".join(f"{TASK_LABELS.get(k, k)} {TASK_METRICS.get(k, 'main metric')}" for k in t.tasks)
+    test = "official GLUE dev set" if all(k in TASK_LABELS for k in t.tasks) else "--test-file"  # own data
+    return (f"Table 2: {model}, test = {test}, mean ± std over {n_seeds} seed(s), x100 ({metrics}).\n"
             f"Δ and paired t-test p-values compare each method with {METHOD_LABELS[t.methods[0]]} over seeds. "
             "Published averages are over all 8 GLUE tasks, so they are only comparable when all 8 tasks are run.\n")
 
