@@ -150,7 +150,7 @@ def gate(ref: Summary, baseline: float, ref_label: str = "reference", margin: fl
     numbers = f"{ref_label} {ref.mean:.2f} (95% CI ± {ci}) vs trivial baseline {baseline:.2f}: {gain:+.2f}"
     if gain > need:
         return Gate(baseline, True, numbers)
-    return Gate(baseline, False, f"{numbers}, not above max({margin:g}, CI half-width)")
+    return Gate(baseline, False, f"{numbers}, not above max({margin:g} point, CI half-width)")
 
 
 def majority_baseline(metric: str, labels: Sequence) -> float:
