@@ -141,7 +141,7 @@ class Gate:
 def gate(ref: Summary, baseline: float, ref_label: str = "reference", margin: float = LEARNED_MARGIN) -> Gate:
     """Whether the reference's scores `ref` clearly beat `baseline` (see the module docstring)."""
     if ref.n == 0:
-        return Gate(baseline, False, f"no {ref_label} runs")
+        return Gate(baseline, False, f"no {ref_label} runs yet")
     if math.isnan(baseline):
         return Gate(baseline, True, "trivial baseline unknown (GLUE dev labels not readable); not gated")
     need = max(margin, 0.0 if math.isnan(ref.half) else ref.half)

@@ -245,7 +245,8 @@ def comparison_rows(t: Table2) -> list[list[str]]:
                 rows.append(row + ["reference", "", "", "", ""])
                 continue
             c = t.comparison[m][k]
-            rows.append(row + [_delta_cell(c), str(c.diff.n), _pval(c.p_t), _pval(c.p_wilcoxon), c.verdict])
+            said = c.verdict if k == "avg" or t.gates[k].learned else "n/a: not learned"
+            rows.append(row + [_delta_cell(c), str(c.diff.n), _pval(c.p_t), _pval(c.p_wilcoxon), said])
     return rows
 
 
@@ -260,8 +261,8 @@ def gate_notes(t: Table2) -> str:
 
 def settings_line(run_cfg: dict[str, Any], seeds: set[int] | list[int]) -> str:
     """The header of Table 2: model, head, training budget (max epochs, patience, train size) and seeds."""
-    patience = run_cfg.get("patience")
-    budget = f"≤ {run_cfg.get('epochs', '?')} epochs, " + (
+    patience, epochs = run_cfg.get("patience"), run_cfg.get("epochs", "?")
+    budget = f"≤ {format(epochs, 'g') if isinstance(epochs, (int, float)) else epochs} epochs, " + (
         f"early stopping with patience {patience}" if patience else "no early stopping")
     if run_cfg.get("max_train_samples"):
         budget += f", ≤ {run_cfg['max_train_samples']} train examples"
@@ -276,10 +277,10 @@ def caption(t: Table2, header: str) -> str:
     return (f"Table 2: {header}.\nTest = official GLUE dev set, x100 ({metrics}). Cells: mean ± half-width of the "
             f"{conf}% CI over seeds (t, n−1 df; no ± when n = 1). Avg.: over the tasks {ref} learned (its mean beats "
             "the trivial baseline by more than 1 point and by more than its CI half-width), CI from per-seed "
-            "averages. Δ: method − "
-            f"{ref}, paired by seed; p (t): paired t-test; p (Wilcoxon): signed-rank test; verdict: on par if the "
-            f"Δ CI lies within ±{EQUIVALENCE_MARGIN:g} point, better / worse if it lies above / below 0, else "
-            "undecided. Published averages are over all 8 GLUE tasks on roberta-base: comparable only then.\n")
+            f"averages. Δ: method − {ref}, paired by seed; p (t): paired t-test; p (Wilcoxon): signed-rank test; "
+            f"verdict: on par if the Δ CI lies within ±{EQUIVALENCE_MARGIN:g} point, better / worse if it lies above "
+            "/ below 0, else undecided (n/a on tasks not learned). Published averages are over all 8 GLUE tasks on "
+            "roberta-base: comparable only then.\n")
 
 
 def table2_csv(t: Table2) -> str:
