@@ -21,8 +21,14 @@ if [ "${WORKERS:-2}" -ge 2 ]; then
   OMP_NUM_THREADS=1 study --tasks rte,cola --quiet >"$OUT/worker-rte-cola.log" 2>&1 & first=$!
   OMP_NUM_THREADS=1 study --tasks mrpc,stsb --quiet >"$OUT/worker-mrpc-stsb.log" 2>&1 & second=$!
   echo "two workers training (logs: $OUT/worker-*.log); this takes about 1.5-2 hours on 2 CPU cores"
+  # progress line every 30 s (trainings done/planned, each worker's current run, ETA) until both workers end
+  OMP_NUM_THREADS=1 condlora study --status --watch 30 --output-dir "$OUT" & watcher=$!
+  trap 'kill "$watcher" 2>/dev/null || true' EXIT
   wait "$first" || { tail -n 5 "$OUT/worker-rte-cola.log"; exit 1; }
   wait "$second" || { tail -n 5 "$OUT/worker-mrpc-stsb.log"; exit 1; }
+  kill "$watcher" 2>/dev/null || true
+  wait "$watcher" 2>/dev/null || true
+  condlora study --status --output-dir "$OUT"
 fi
 study --tasks rte,mrpc,stsb,cola
 echo "tables: $OUT/table2.md $OUT/table3.md $OUT/table4.md"

@@ -18,13 +18,16 @@ from scipy import stats
 import condlora
 from condlora import cli
 from condlora.errors import CondLoRAError, ConfigError
+from condlora.study.progress import status_line
 from condlora.study.study import PAPER_LR, StudySettings, run_once, run_study, search_lr
 from condlora.study.tables import paired_ttest
+from test_stats import t975, t_two_sided_p
 
 SRC = str(Path(condlora.__file__).resolve().parents[1])
 # test scores (fractions) per task x method and seed, chosen so every number below is computable by hand
 TEST = {("rte", "lora"): [0.70, 0.71, 0.68], ("rte", "condlora"): [0.725, 0.71, 0.74],
-        ("mrpc", "lora"): [0.85, 0.86, 0.83], ("mrpc", "condlora"): [0.845, 0.83, 0.86]}
+        ("mrpc", "lora"): [0.85, 0.86, 0.83], ("mrpc", "condlora"): [0.845, 0.83, 0.86],
+        ("cola", "lora"): [0.02, -0.01, 0.03], ("cola", "condlora"): [0.04, 0.0, 0.01]}  # MCC near 0: not learned
 PARAMS = {"lora": 294_912, "condlora": 24_576}
 SPEED = {"lora": 40.0, "condlora": 44.0}
 
@@ -35,7 +38,8 @@ def val_of(lr: float) -> float:
 
 
 class FakeRun:
-    """A deterministic stand-in for condlora.runner.train.train: writes results.json like train does, records calls."""
+    """A deterministic stand-in for condlora.runner.train.train: writes config.json, metrics.jsonl and results.json
+    like train does, records calls."""
 
     def __init__(self):
         self.calls: list[dict] = []
@@ -46,15 +50,29 @@ class FakeRun:
         res = {"task": task, "method": method, "seed": seed, "lr": cfg["lr"], "model": "fake",
                "metric": "accuracy", "val_score": val_of(cfg["lr"]), "test_score": TEST[task, method][seed % 3],
                "trainable_params": PARAMS[method], "head_params": 1538 if task == "rte" else 1539,
-               "examples_per_sec": SPEED[method] + seed}
-        Path(cfg["output_dir"]).mkdir(parents=True, exist_ok=True)
-        (Path(cfg["output_dir"]) / "results.json").write_text(json.dumps(res))
+               "examples_per_sec": SPEED[method] + seed, "wall_time_s": 10.0 + seed}
+        out = Path(cfg["output_dir"])
+        out.mkdir(parents=True, exist_ok=True)
+        run = {k: v for k, v in cfg.items() if k not in ("quiet", "output_dir", "resume")}
+        (out / "config.json").write_text(json.dumps({"run": {"head": "dense", "patience": None, **run}}))
+        curve = [{"step": 5 * k, "val_score": res["val_score"] * k / 3} for k in (1, 2, 3)]
+        (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in curve))
+        (out / "results.json").write_text(json.dumps(res))
         return res
 
 
+def glue_dir(tmp_path) -> str:
+    """GLUE-layout TSVs whose dev labels alternate over 13 rows: majority class 7/13 = 53.85% (RTE, MRPC)."""
+    from glue_fixtures import write_glue
+
+    return str(write_glue(tmp_path / "glue", n_train=20, n_dev=13, folders=["RTE", "MRPC", "CoLA"]))
+
+
 def settings(tmp_path, **kw) -> StudySettings:
+    """The fake study's settings: RTE and MRPC, LoRA and CondLoRA, 3 seeds, the paper's LRs."""
+    run_args = {"model": "fake", "epochs": 1, "glue_dir": glue_dir(tmp_path)}
     base = dict(tasks="rte,mrpc", methods="lora,condlora", output_dir=str(tmp_path / "study"), seeds=3,
-                lr_preset="paper", quiet=True, run_args={"model": "fake", "epochs": 1})
+                lr_preset="paper", quiet=True, run_args=run_args)
     return StudySettings(**{**base, **kw})
 
 
@@ -70,19 +88,37 @@ def test_tables_match_hand_computation(tmp_path):
     assert {k: fake.calls[0][k] for k in ("model", "epochs", "quiet", "seed")} == {
         "model": "fake", "epochs": 1, "quiet": True, "seed": 0}
     md = (out / "table2.md").read_text()
-    # RTE LoRA 70, 71, 68: mean 69.67, sample std sqrt(7/3) = 1.53; CondLoRA 72.5, 71, 74: 72.50 ± 1.50
-    assert "| LoRA | 69.67 ± 1.53 | 84.67 ± 1.53 | 77.17 ± 1.53 |" in md
-    assert "| CondLoRA | 72.50 ± 1.50 | 84.50 ± 1.50 | 78.50 ± 1.50 |" in md
-    assert "| Δ CondLoRA − LoRA | +2.83 | -0.17 | +1.33 |" in md
+    # RTE LoRA 70, 71, 68: mean 69.67, sd sqrt(7/3), 95% CI half-width t(2) sd / sqrt 3 = 3.79; CondLoRA 72.5, 71,
+    # 74: sd 1.5, 3.73. Avg.: per-seed averages 77.5, 78.5, 75.5 (LoRA) and 78.5, 77, 80 (CondLoRA).
+    assert f"{t975(2) * math.sqrt(7 / 3) / math.sqrt(3):.2f}" == "3.79"
+    assert f"{t975(2) * 1.5 / math.sqrt(3):.2f}" == "3.73"
+    assert "| LoRA | 69.67 ± 3.79 | 84.67 ± 3.79 | 77.17 ± 3.79 |" in md
+    assert "| CondLoRA | 72.50 ± 3.73 | 84.50 ± 3.73 | 78.50 ± 3.73 |" in md
+    assert "| Trivial baseline (majority class; 0 for MCC, Pearson) | 53.85 | 53.85 |  |" in md  # 7 of 13
     assert "| CondLoRA (published (Kim et al. 2024), roberta-base) |  |  | 83.42 |" in md
-    rows = {(r["kind"], r["method"]): r for r in csv.DictReader((out / "table2.csv").open())}
-    assert float(rows["mean", "lora"]["avg"]) == pytest.approx((69 + 2 / 3 + 84 + 2 / 3) / 2)
-    assert float(rows["delta", "condlora"]["rte"]) == pytest.approx(72.5 - (69 + 2 / 3))
-    for task in ("rte", "mrpc"):
+    assert "Table 2: model fake · head dense · budget ≤ 1 epochs, no early stopping · seeds 0–2." in md
+    # RTE differences 2.5, 0, 6: mean 2.83, sd 3.01, CI [-4.65, +10.32]; t = 1.63 (2 df); Wilcoxon drops the 0:
+    # two positive ranks, exact two-sided p = 2 / 2^2
+    d = [2.5, 0.0, 6.0]
+    mean, sd = sum(d) / 3, math.sqrt(sum((x - sum(d) / 3) ** 2 for x in d) / 2)
+    half, p_t = t975(2) * sd / math.sqrt(3), t_two_sided_p(mean / (sd / math.sqrt(3)), 2)
+    row = f"| RTE | CondLoRA | 3 | 72.50 ± 3.73 | +2.83 [{mean - half:+.2f}, {mean + half:+.2f}] | 3 | {p_t:.3f}"
+    row += " | 0.500 |"
+    assert row == "| RTE | CondLoRA | 3 | 72.50 ± 3.73 | +2.83 [-4.65, +10.32] | 3 | 0.245 | 0.500 |"
+    assert row + " undecided |" in md and "| RTE | LoRA | 3 | 69.67 ± 3.79 | reference |" in md
+    rows = {(r["task"], r["method"]): r for r in csv.DictReader((out / "table2.csv").open())}
+    assert float(rows["avg", "lora"]["mean"]) == pytest.approx((69 + 2 / 3 + 84 + 2 / 3) / 2)
+    assert float(rows["rte", "condlora"]["delta"]) == pytest.approx(72.5 - (69 + 2 / 3))
+    assert float(rows["rte", "condlora"]["delta_ci_low"]) == pytest.approx(mean - half)
+    assert float(rows["rte", "condlora"]["p_t"]) == pytest.approx(p_t)
+    assert float(rows["rte", "lora"]["baseline"]) == pytest.approx(700 / 13)
+    assert rows["rte", "lora"]["learned"] == "True"
+    for task in ("rte", "mrpc"):  # cross-check with scipy's own paired t-test
         want = stats.ttest_rel([100 * x for x in TEST[task, "condlora"]], [100 * x for x in TEST[task, "lora"]])
-        assert float(rows["p_value", "condlora"][task]) == pytest.approx(want.pvalue)
+        assert float(rows[task, "condlora"]["p_t"]) == pytest.approx(want.pvalue)
     avg = [[100 * (TEST["rte", m][s] + TEST["mrpc", m][s]) / 2 for s in range(3)] for m in ("condlora", "lora")]
-    assert float(rows["p_value", "condlora"]["avg"]) == pytest.approx(stats.ttest_rel(*avg).pvalue)
+    assert float(rows["avg", "condlora"]["p_t"]) == pytest.approx(stats.ttest_rel(*avg).pvalue)
+    assert rows["avg_8_tasks", "condlora"]["mean"] == "83.42"
     t4 = {r["method"]: r for r in csv.DictReader((out / "table4.csv").open())}
     assert t4["condlora"]["adapter_params"] == "24576" and t4["lora"]["head_params"] == "1538-1539"
     assert float(t4["lora"]["examples_per_sec"]) == 41.0 and float(t4["condlora"]["examples_per_sec"]) == 45.0
@@ -92,8 +128,10 @@ def test_tables_match_hand_computation(tmp_path):
     assert "| CondLoRA | 24,576 | 1,538–1,539 | 45.0 | 0.083 | 1.098 | 24,576 | 40.3 |" in t4md
     saved = json.loads((out / "study.json").read_text())
     assert saved["lr"]["rte"]["condlora"] == {"lr": PAPER_LR["rte"][1], "source": "preset paper"}
-    assert len(saved["runs"]) == 12 and saved["settings"]["seeds"] == 3 and "optuna" in saved["versions"]
-    assert (out / "table2.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(saved["runs"]) == 12 and saved["settings"]["seeds"] == [0, 1, 2] and "optuna" in saved["versions"]
+    assert saved["baselines"] == {"rte": pytest.approx(700 / 13), "mrpc": pytest.approx(700 / 13)}
+    for name in ("table2.png", "table2_seeds.png", "table2_curves.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG" and name in saved["figures"]
 
 
 def test_rerun_skips_finished_runs(tmp_path):
@@ -312,7 +350,7 @@ def test_paired_ttest_edge_cases():
 def test_single_seed_prints_na(tmp_path):
     run_study(settings(tmp_path, seeds=1, methods="lora,condlora"), run_fn=FakeRun())
     md = (tmp_path / "study" / "table2.md").read_text()
-    assert "| p (CondLoRA vs LoRA, paired t) | n/a | n/a | n/a |" in md
+    assert "| RTE | CondLoRA | 1 | 72.50 | +2.50 [CI n/a] | 1 | n/a | n/a | undecided |" in md
     assert "| LoRA | 70.00 | 85.00 | 77.50 |" in md
 
 
@@ -320,6 +358,8 @@ def test_single_seed_prints_na(tmp_path):
     ({"tasks": "rte,wnli"}, "unknown task 'wnli'"),
     ({"methods": "lora,dora"}, "unknown method 'dora'"),
     ({"seeds": 0}, "--seeds must be >= 1"),
+    ({"seeds": "3,x"}, "--seeds: expected a count N"),
+    ({"seeds": "5-3"}, "--seeds: expected a count N"),
     ({"lr_search": 0, "lr_preset": None}, "--lr-search must be >= 1"),
     ({"lr_search": 4}, "--lr-search and --lr-preset cannot be combined"),
     ({"lr_grid": "1e-4,2e-4", "lr": 1e-3, "lr_preset": None}, "--lr-grid and --lr cannot be combined"),
@@ -351,12 +391,19 @@ def test_cli_flags_pass_through_to_every_run(tmp_path):
     add_arguments(parser)
     args = parser.parse_args(["--output-dir", str(tmp_path), "--lr-search", "4", "--model", "m", "--epochs", "2",
                               "--target-modules", "query, value", "--max-train-samples", "5", "--r", "4",
-                              "--cond-form", "general"])
+                              "--cond-form", "general", "--head", "linear", "--patience", "3",
+                              "--group-by-length", "--seeds", "3-4,7"])
     s = settings_from_args(args)
     assert s.run_args == {"model": "m", "epochs": 2.0, "target_modules": ["query", "value"],
-                          "max_train_samples": 5, "r": 4, "cond_form": "general"}
+                          "max_train_samples": 5, "r": 4, "cond_form": "general", "head": "linear", "patience": 3,
+                          "group_by_length": True}
+    assert s.seeds == [3, 4, 7]
+    s = settings_from_args(parser.parse_args(["--output-dir", "x", "--lr", "1e-3", "--methods",
+                                              "lora,lora-frozen-b,condlora-general,condlora-frozen-b"]))
+    assert s.methods == ["lora", "lora-frozen-b", "condlora-general", "condlora-frozen-b"] and s.run_args == {}
+    s = settings_from_args(parser.parse_args(["--output-dir", str(tmp_path), "--lr-search", "4"]))
     assert (s.tasks, s.methods, s.seeds, s.lr_search, s.lr_preset) == (["rte", "mrpc", "stsb", "cola"],
-                                                                      ["lora", "condlora"], 3, 4, None)
+                                                                      ["lora", "condlora"], [0, 1, 2], 4, None)
     assert s.lr_range == (1e-5, 3e-3)
     argv = ["--output-dir", "x", "--lr-grid", "2e-3, 1e-3", "--lr-range", "1e-4,1e-2"]
     s = settings_from_args(parser.parse_args(argv))
@@ -401,10 +448,13 @@ def test_end_to_end_with_real_training(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| LoRA |" in out and "| CondLoRA | 1,024 |" in out
     table3 = (tmp_path / "s" / "table3.csv").read_text().splitlines()
-    assert table3[0] == "matrix,rte,avg" and [r.split(",")[0] for r in table3[1:]] == ["A", "B", "dW", "random"]
+    assert table3[0] == "matrix,rte,avg" and [r.split(",")[0] for r in table3[1:]] == ["A", "B", "random"]
     assert all(0.0 <= float(v) <= 1.0 for r in table3[1:] for v in r.split(",")[1:])
     assert len((tmp_path / "s" / "table3_layers.csv").read_text().splitlines()) == 1 + 4  # 2 layers x q, v
     assert (tmp_path / "s" / "table3.png").stat().st_size > 0
+    assert all((tmp_path / "s" / f).stat().st_size > 0 for f in ("table2_seeds.png", "table2_curves.png"))
+    # 2 search trials per method; seed 0 is the best trial, copied: 4 trainings planned and done
+    assert "4/4 trainings done (100%) · no worker running" in status_line(tmp_path / "s")
     mtimes = sorted(p.stat().st_mtime_ns for p in (tmp_path / "s").rglob("results.json"))
     assert cli.main(args) == 0  # re-run: every run and search is reused
     assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "s").rglob("results.json")) == mtimes

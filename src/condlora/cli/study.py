@@ -6,14 +6,19 @@ import argparse
 from pathlib import Path
 
 from ..config import COND_FORMS
+from ..errors import ConfigError
 from ..study.search import LR_RANGE
-from ..study.study import METHODS, PASS_THROUGH, PRESETS, TASKS, StudySettings, run_study
+from ..study.study import METHODS, PASS_THROUGH, PRESETS, SEEDS_HELP, TASKS, StudySettings, run_study
 from . import owndata
 
 DEFAULT_TASKS = "rte,mrpc,stsb,cola"
 EPILOG = """examples:
   condlora study --tasks rte,mrpc,stsb,cola --methods lora,condlora --seeds 3 --lr-preset paper \\
       --model minilm --output-dir runs/study
+  (same flags) --seeds 5          # add seeds 3 and 4: seeds 0-2 are reused, the tables use all five
+  (same flags) --seeds 5-9        # seeds 5..9 only (e.g. on a second machine); the tables use every seed found
+  condlora study --status --output-dir runs/study   # one line: trainings done/planned, current runs, ETA
+  condlora study --status --watch 30 --output-dir runs/study   # that line every 30 s until the workers finish
   condlora study --lr-search 20 --seeds 5 --output-dir runs/study        # resumable; re-run to continue
   condlora study --lr-grid 5e-4,1e-3,2e-3,5e-3 --output-dir runs/study   # every LR; seed 0 reuses its trial
 
@@ -31,8 +36,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "or own data: --train-file")
     p.add_argument("--methods", default="lora,condlora",
                    help=f"comma-separated methods ({', '.join(METHODS)}); Δ and p-values compare with the first")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per task x method at the chosen LR (default 3)")
+    p.add_argument("--seeds", default="3", metavar="N|LIST",
+                   help=f"seeds per task x method at the chosen LR: {SEEDS_HELP} (default 3)")
     p.add_argument("--output-dir", required=True, help="study folder (runs, search, tables, study.json)")
+    p.add_argument("--status", action="store_true",
+                   help="only print the progress of the study in --output-dir (trainings done/planned, what each "
+                        "running worker trains, ETA from the mean wall time of finished runs) and exit")
+    p.add_argument("--watch", type=float, metavar="SECONDS",
+                   help="with --status: print that line every SECONDS until the running workers have finished")
     lr = p.add_mutually_exclusive_group()
     lr.add_argument("--lr-search", type=int, metavar="N_TRIALS",
                     help="Optuna TPE search over LR in --lr-range (log), N_TRIALS per task x method")
@@ -61,6 +72,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--alpha", type=float)
     g.add_argument("--target-modules", help="comma-separated, e.g. query,value")
     g.add_argument("--cond-form", choices=COND_FORMS, help="CondLoRA's form: auto (default), paper or general")
+    g.add_argument("--head", choices=("dense", "linear"),
+                   help="classification head, dense or linear (see condlora train --head)")
+    g.add_argument("--patience", type=int, help="early stopping patience (see condlora train --patience)")
+    g.add_argument("--group-by-length", action="store_true", help="see condlora train --group-by-length")
     g.add_argument("--trust-remote-code", action="store_true", help="let transformers run the model's own code")
     owndata.add_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -84,7 +99,17 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the study and print the tables."""
+    """Run the study and print the tables (or, with --status, print its progress)."""
+    if args.status or args.watch is not None:
+        from ..study.progress import status_line, watch
+
+        if args.watch is not None:
+            if args.watch <= 0:
+                raise ConfigError(f"--watch must be > 0 seconds, got {args.watch}")
+            watch(args.output_dir, args.watch, lambda line: print(line, flush=True))
+        else:
+            print(status_line(args.output_dir))
+        return 0
     s = settings_from_args(args)
     record = run_study(s)
     if s.search_only:
@@ -92,5 +117,6 @@ def main(args: argparse.Namespace) -> int:
             print(", ".join(f"{t}/{m}: lr={v['lr']:.4g} ({v['source']})" for m, v in by_m.items()))
         return 0
     print(record["tables"])
-    print(f"wrote {Path(s.output_dir) / 'study.json'}, table2.md/.csv/.png, table4.md/.csv")
+    print(f"wrote {Path(s.output_dir) / 'study.json'}, table2.md/.csv, {', '.join(record['figures'])}, "
+          "table4.md/.csv" + (", table3.md/.csv/.png" if "Table 3:" in record["tables"] else ""))
     return 0

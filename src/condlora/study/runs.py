@@ -1,9 +1,11 @@
-"""Finished-run bookkeeping shared by the study and its LR search: train one run, or reuse a finished one."""
+"""Finished-run bookkeeping shared by the study and its LR search: train one run, reuse a finished one, find the
+finished runs of a task x method on disk."""
 
 from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,3 +49,27 @@ def run_once(cfg: dict[str, Any], run_fn: RunFn) -> dict[str, Any]:
                             f"lr={done.get('lr')}, not seed={cfg['seed']}, method={cfg['method']}, "
                             f"lr={cfg['lr']}: use another --output-dir or delete that folder")
     return run_fn(dict(cfg))
+
+
+def found_runs(out_dir: str | Path, task: str, method: str, lr: float) -> list[dict[str, Any]]:
+    """Every finished run of task x method at `lr` under out_dir/runs (any seed), with its `run_dir`, by seed."""
+    found = []
+    for d in sorted(Path(out_dir, "runs", task, method).glob("seed*")):
+        done = finished_run(d)
+        seed = d.name[4:]
+        if done is None or not seed.isdigit():
+            continue
+        if same_run(done, {"seed": int(seed), "method": method, "lr": lr}) and done.get("task", task) == task:
+            found.append({**done, "task": task, "method": method, "seed": int(seed), "run_dir": str(d)})
+        else:
+            warnings.warn(f"{d} holds another run (seed={done.get('seed')}, method={done.get('method')}, "
+                          f"lr={done.get('lr')}); left out of the tables", stacklevel=2)
+    return sorted(found, key=lambda r: r["seed"])
+
+
+def run_config(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run settings a finished run recorded (config.json's "run"), None when absent or unreadable."""
+    try:
+        return json.loads(Path(run_dir, "config.json").read_text(encoding="utf-8"))["run"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return None

@@ -1,27 +1,35 @@
 """`condlora study`: the paper's comparison. LR per task x method (Optuna TPE search, a grid searched through
-Optuna, the authors' preset or fixed), N seeds at that LR, paired t-tests, Tables 2, 3 and 4, and study.json.
+Optuna, the authors' preset or fixed), any set of seeds at that LR, Tables 2 (mean ± 95% CI, paired differences,
+t-test and Wilcoxon p, verdicts, sanity gate), 3 and 4, figures, and study.json.
 
 Layout under --output-dir: `search/optuna.db` (the default Optuna storage), `search/<task>/<method>/trial<k>`,
-`runs/<task>/<method>/seed<k>`, `study.json`, `table2.{md,csv,png}`, `table3.*`, `table4.{md,csv}`. Re-running skips
-finished runs and continues unfinished searches. Several workers (processes or machines) can share one search
-through `--storage URL` (any Optuna RDB URL); together they run exactly the search's trials per study.
+`runs/<task>/<method>/seed<k>`, `progress/<worker>.json`, `study.json`, `table2.{md,csv}` with `table2.png`,
+`table2_seeds.png`, `table2_curves.png`, `table3.*`, `table4.{md,csv}`. Re-running skips finished runs and continues
+unfinished searches; the tables use every finished seed found on disk, so adding seeds is one more call. Several
+workers (processes or machines) can share one search through `--storage URL` (any Optuna RDB URL).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
+import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import CondLoRAError, ConfigError
 from ..fileio import replace_dir, write_json
-from .runs import RunFn, finished_run, run_once, same_run, train_run
+from .plots import plot_search, write_plots
+from .progress import Progress
+from .runs import RunFn, finished_run, found_runs, run_config, run_once, same_run, train_run
 from .search import LR_RANGE, NOT_IDENTITY, parse_lrs, search_lr
-from .tables import METHOD_LABELS, TASK_LABELS, paired_ttest, plot_search, write_tables
+from .stats import trivial_baseline
+from .tables import METHOD_LABELS, TASK_LABELS, paired_ttest, settings_line, write_tables
 
-__all__ = ["PAPER_LR", "StudySettings", "paired_ttest", "run_seeds", "run_study",
+__all__ = ["PAPER_LR", "StudySettings", "paired_ttest", "parse_seeds", "run_seeds", "run_study",
            "search_lr", "write_tables"]
 
 TASKS = tuple(TASK_LABELS)
@@ -41,7 +49,10 @@ PAPER_LR = {
 PRESETS = {"paper": {(t, m): lr for t, lrs in PAPER_LR.items()
                      for m, lr in zip(("lora", "condlora"), lrs, strict=True)}}
 PASS_THROUGH = ("model", "glue_dir", "epochs", "batch_size", "max_length", "max_train_samples",
-                "max_eval_samples", "r", "alpha", "target_modules", "cond_form", "trust_remote_code")
+                "max_eval_samples", "r", "alpha", "target_modules", "cond_form", "head", "patience",
+                "group_by_length", "trust_remote_code")
+SEEDS_HELP = ("a count N (seeds 0..N-1) or a list of seeds and ranges: 3,4,5 or 3-5 or 0-2,7 (one seed: 7-7); "
+              "finished seeds are reused, so --seeds 5 after --seeds 3 trains seeds 3 and 4 only")
 
 
 def parse_names(text: str | list[str], known: tuple[str, ...], what: str) -> list[str]:
@@ -60,6 +71,34 @@ def parse_names(text: str | list[str], known: tuple[str, ...], what: str) -> lis
     return out
 
 
+def _seed_range(part: str) -> range:
+    lo, _, hi = part.partition("-")
+    if not (lo.strip().isdigit() and (not hi or hi.strip().isdigit())):
+        raise ValueError(part)
+    a, b = int(lo), int(hi or lo)
+    if b < a:
+        raise ValueError(part)
+    return range(a, b + 1)
+
+
+def parse_seeds(spec: int | str | Sequence[int]) -> list[int]:
+    """Sorted unique seeds from a count N (0..N-1), a list of ints, or '3,4,5' / '3-5' / '0-2,7' (see SEEDS_HELP)."""
+    if isinstance(spec, str) and spec.strip().isdigit():
+        spec = int(spec)
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        if spec < 1:
+            raise ConfigError(f"--seeds must be >= 1, got {spec}")
+        return list(range(spec))
+    try:
+        items = spec.split(",") if isinstance(spec, str) else list(spec)
+        seeds = sorted({s for part in items if str(part).strip() for s in _seed_range(str(part).strip())})
+    except (TypeError, ValueError):
+        raise ConfigError(f"--seeds: expected {SEEDS_HELP.split(';')[0]}; got {spec!r}") from None
+    if not seeds:
+        raise ConfigError(f"--seeds: give at least one seed, got {spec!r}")
+    return seeds
+
+
 @dataclass
 class StudySettings:
     """Everything that defines a study; `run_args` are passed to every run (TrainConfig fields)."""
@@ -67,7 +106,7 @@ class StudySettings:
     tasks: list[str]
     methods: list[str]
     output_dir: str
-    seeds: int = 3
+    seeds: int | str | list[int] = 3  # a count or a list (see SEEDS_HELP); a sorted list after validation
     lr_search: int | None = None  # TPE trials per task x method
     lr_range: tuple[float, float] = LR_RANGE  # TPE range (log-uniform)
     lr_grid: list[float] | None = None  # search every LR of this list instead of TPE
@@ -88,8 +127,7 @@ class StudySettings:
         else:
             self.tasks = parse_names(self.tasks, TASKS, "task")
         self.methods = parse_names(self.methods, METHODS, "method")
-        if self.seeds < 1:
-            raise ConfigError(f"--seeds must be >= 1, got {self.seeds}")
+        self.seeds = parse_seeds(self.seeds)
         if self.lr_search is not None and self.lr_search < 1:
             raise ConfigError(f"--lr-search must be >= 1 trial, got {self.lr_search}")
         if self.lr_grid is not None:
@@ -131,16 +169,16 @@ def _progress(total: int, desc: str, quiet: bool):
     return tqdm(total=total, desc=desc, unit="run", disable=quiet, leave=False)
 
 
-def run_seeds(task: str, method: str, lr: float, base_cfg: dict[str, Any], seeds: int, output_dir: str | Path,
-              run_fn: RunFn = train_run, progress=None, reuse: dict[int, str] | None = None
+def run_seeds(task: str, method: str, lr: float, base_cfg: dict[str, Any], seeds: int | list[int],
+              output_dir: str | Path, run_fn: RunFn = train_run, progress=None, reuse: dict[int, str] | None = None
               ) -> list[dict[str, Any]]:
-    """Seeds 0..seeds-1 at `lr` under output_dir/runs/<task>/<method>/seed<k>; finished runs are reused.
+    """`seeds` (a count or a list) at `lr` under output_dir/runs/<task>/<method>/seed<k>; finished runs are reused.
 
     `reuse` maps a seed to the folder of a finished identical run (the search trial of the chosen LR, trained
     with the search seed): it is copied instead of trained again.
     """
     results = []
-    for seed in range(seeds):
+    for seed in parse_seeds(seeds):
         cfg = {**base_cfg, "task": task, "method": method, "seed": seed, "lr": lr,
                "output_dir": str(Path(output_dir) / "runs" / task / method / f"seed{seed}")}
         _copy_finished_run((reuse or {}).get(seed), cfg)
@@ -185,23 +223,85 @@ def _versions() -> dict[str, str]:
     return versions()
 
 
-def _check_same_study(path: Path, s: StudySettings) -> None:
+def _check_same_study(path: Path, s: StudySettings) -> dict[str, Any]:
+    """The saved study.json record (empty if none); an error if its run settings differ (seeds may differ)."""
     if not path.exists():
-        return
-    old = json.loads(path.read_text(encoding="utf-8")).get("settings", {}).get("run_args", {})
+        return {}
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    old = saved.get("settings", {}).get("run_args", {})
     new = json.loads(json.dumps(s.run_args, default=str))
     diff = sorted(k for k in set(old) | set(new) if k not in NOT_IDENTITY and old.get(k) != new.get(k))
     if diff:
         raise CondLoRAError(f"{path} was made with other run settings ({', '.join(diff)}); "
                             "use another --output-dir")
+    return saved
+
+
+def baselines(tasks: list[str], run_args: dict[str, Any], cached: dict[str, float]) -> dict[str, float]:
+    """The trivial baseline (x100) of each task on its test set; cached ones kept; unreadable data left out."""
+    out = {}
+    for t in tasks:
+        if t in cached:
+            out[t] = cached[t]
+            continue
+        try:
+            out[t] = trivial_baseline(t, run_args.get("glue_dir"), run_args.get("max_eval_samples"))
+        except (CondLoRAError, OSError, ImportError) as e:
+            warnings.warn(f"no trivial baseline for {t} (the sanity gate is skipped there): {e}", stacklevel=2)
+    return out
+
+
+def _header(runs: list[dict[str, Any]], run_args: dict[str, Any]) -> str:
+    """Table 2's settings line, from the first run's recorded config (else the study's run arguments)."""
+    cfg = next((c for r in runs if (c := run_config(r["run_dir"])) is not None), None)
+    return settings_line(cfg or {"model": "minilm", **run_args}, {int(r["seed"]) for r in runs})
+
+
+def write_outputs(s: StudySettings, record: dict[str, Any], cached: dict[str, float]) -> dict[str, Any]:
+    """Tables 2, 3, 4 and the figures from every finished seed on disk; fills record's runs/baselines/tables."""
+    out = Path(s.output_dir)
+    runs = [r for t in s.tasks for m in s.methods for r in found_runs(out, t, m, record["lr"][t][m]["lr"])]
+    record["runs"], record["baselines"] = runs, baselines(s.tasks, s.run_args, cached)
+    record["tables"], t2 = write_tables(runs, s.tasks, s.methods, out, _header(runs, s.run_args),
+                                        record["baselines"])
+    record["figures"] = write_plots(t2, runs, out)
+    if {"lora", "condlora"} <= set(s.methods):
+        from ..runner.models import quiet_loading
+        from .table3 import write_study_table3
+
+        seeds = sorted({r["seed"] for r in runs if r["method"] in ("lora", "condlora")})
+        with quiet_loading(s.quiet):
+            table3 = write_study_table3(out, s.tasks, seeds, str(s.run_args.get("model", "minilm")),
+                                        trust_remote_code=bool(s.run_args.get("trust_remote_code")))
+        record["tables"] += "\n" + (table3 or "")
+    return record
 
 
 def run_study(s: StudySettings, run_fn: RunFn = train_run) -> dict[str, Any]:
-    """Choose LRs, run the seeds, write study.json and the tables; returns the study.json record."""
+    """Choose LRs, run the seeds, write study.json, the tables and figures; returns the study.json record."""
     out = Path(s.output_dir)
-    _check_same_study(out / "study.json", s)
+    cached = {t: v for t, v in _check_same_study(out / "study.json", s).get("baselines", {}).items()
+              if isinstance(v, (int, float)) and not math.isnan(v)}
     record: dict[str, Any] = {"settings": asdict(s), "versions": _versions(), "lr": {}, "runs": [], "complete": False}
     pairs = [(t, m) for t in s.tasks for m in s.methods]
+    reused = s.search_seed if s.searched and s.search_seed in s.seeds else None
+    progress = Progress(out, pairs, s.n_trials, [] if s.search_only else s.seeds, reused)
+    run_fn, ok = progress.wrap(run_fn), False
+    try:
+        _train(s, record, pairs, run_fn)
+        if not s.search_only:
+            write_outputs(s, record, cached)
+            record["complete"] = True
+            write_json(out / "study.json", record)
+        ok = True
+    finally:
+        progress.finish(ok)
+    return record
+
+
+def _train(s: StudySettings, record: dict[str, Any], pairs: list[tuple[str, str]], run_fn: RunFn) -> None:
+    """The LR of every pair (search, preset or fixed), then its seeds (unless --search-only)."""
+    out = Path(s.output_dir)
     base = {**s.run_args, "quiet": s.quiet or not s.run_progress}
     with _progress(len(pairs) * s.n_trials, "LR search", s.quiet or not s.searched) as bar:
         for t, m in pairs:
@@ -211,23 +311,10 @@ def run_study(s: StudySettings, run_fn: RunFn = train_run) -> dict[str, Any]:
         lo, hi = (s.lr_grid[0], s.lr_grid[-1]) if s.lr_grid else s.lr_range
         plot_search(record["lr"], out / "search.png", (lo / 1.5, hi * 1.5), ticks=s.lr_grid)
     if s.search_only:
-        return record
-    with _progress(len(pairs) * s.seeds, "runs", s.quiet) as bar:
+        return
+    with _progress(len(pairs) * len(s.seeds), "runs", s.quiet) as bar:
         for t, m in pairs:
             chosen = record["lr"][t][m]
             reuse = {s.search_seed: chosen["run_dir"]} if chosen.get("run_dir") else None
             record["runs"] += run_seeds(t, m, chosen["lr"], base, s.seeds, out, run_fn, bar, reuse)
             write_json(out / "study.json", record)
-    record["tables"] = write_tables(record["runs"], s.tasks, s.methods, out,
-                                    model=str(s.run_args.get("model", "minilm")), n_seeds=s.seeds)
-    if {"lora", "condlora"} <= set(s.methods):
-        from ..runner.models import quiet_loading
-        from .table3 import write_study_table3
-
-        with quiet_loading(s.quiet):
-            table3 = write_study_table3(out, s.tasks, s.seeds, str(s.run_args.get("model", "minilm")),
-                                        trust_remote_code=bool(s.run_args.get("trust_remote_code")))
-        record["tables"] += "\n" + (table3 or "")
-    record["complete"] = True
-    write_json(out / "study.json", record)
-    return record

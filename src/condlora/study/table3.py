@@ -1,9 +1,10 @@
 """The study's Table 3: subspace similarity φ between LoRA's and CondLoRA's matrices, per task.
 
 For every task and seed where both methods saved a best adapter, each adapted layer gives
-φ(A_LoRA, A_CondLoRA) (right singular vectors), φ(B_LoRA, B_CondLoRA) and φ(ΔW_LoRA, ΔW_CondLoRA) (left),
-at i = j = r (`condlora.analyze.report.compare_adapters`). Cells are means over seeds and layers; the random row
-compares LoRA's matrices with same-shape Gaussian ones through the same pipeline.
+φ(A_LoRA, A_CondLoRA) (right singular vectors) and φ(B_LoRA, B_CondLoRA) (left), at i = j = r
+(`condlora.analyze.report.compare_adapters`). Cells are means over seeds and layers; the random row compares
+LoRA's matrices with same-shape Gaussian ones through the same pipeline. There is no ΔW row: the left singular
+vectors of ΔW = B·A span the column space of B (A has full rank r), so φ(ΔW) repeats the B row by construction.
 """
 
 from __future__ import annotations
@@ -17,15 +18,15 @@ from ..errors import CondLoRAError
 from ..fileio import write_text
 from .tables import mean_or_nan
 
-KINDS = (("A", "A"), ("B", "B"), ("dW", "ΔW"))
+KINDS = (("A", "A"), ("B", "B"))
 
 
-def compare_runs(out: Path, task: str, seeds: int, model: str, x: str, y: str,
+def compare_runs(out: Path, task: str, seeds: list[int], model: str, x: str, y: str,
                  trust_remote_code: bool = False) -> list[dict]:
     """Per-layer comparison rows of methods x and y for every seed of `task` where both saved an adapter."""
     base = base_loader(model, None, trust_remote_code)
     rows = []
-    for seed in range(seeds):
+    for seed in seeds:
         dirs = [out / "runs" / task / m / f"seed{seed}" / "best_adapter" for m in (x, y)]
         if not all(d.is_dir() for d in dirs):
             continue
@@ -37,9 +38,9 @@ def compare_runs(out: Path, task: str, seeds: int, model: str, x: str, y: str,
     return rows
 
 
-def write_study_table3(out_dir: str | Path, tasks: list[str], seeds: int, model: str,
+def write_study_table3(out_dir: str | Path, tasks: list[str], seeds: list[int], model: str,
                        x: str = "lora", y: str = "condlora", trust_remote_code: bool = False) -> str | None:
-    """table3.md / .csv (rows A, B, ΔW, random; tasks as columns), table3_layers.csv and table3.png."""
+    """table3.md / .csv (rows A, B, random; tasks as columns), table3_layers.csv and table3.png."""
     out = Path(out_dir)
     rows = [r for t in tasks for r in compare_runs(out, t, seeds, model, x, y, trust_remote_code)]
     if not rows:
@@ -49,8 +50,9 @@ def write_study_table3(out_dir: str | Path, tasks: list[str], seeds: int, model:
     cell.update({(t, "random"): mean_or_nan([r[k + "_random"] for r in rows if r["task"] == t for k, _ in KINDS])
                  for t in done})
     names = [*KINDS, ("random", "random")]
-    md = [f"Table 3: φ between {x} and {y} matrices (A: right singular vectors; B, ΔW: left; i = j = r), "
-          "mean over seeds and layers; random = the first adapter against Gaussian matrices.", "",
+    md = [f"Table 3: φ between {x} and {y} matrices (A: right singular vectors; B: left; i = j = r), "
+          "mean over seeds and layers; random = the first adapter against Gaussian matrices. No ΔW row: "
+          "φ(ΔW) equals φ(B) by construction (the left singular vectors of B·A span B's columns).", "",
           "| | " + " | ".join(done) + " | Avg. |", "|---" * (len(done) + 2) + "|"]
     csv = ["matrix," + ",".join(done) + ",avg"]
     for key, label in names:
@@ -64,7 +66,7 @@ def write_study_table3(out_dir: str | Path, tasks: list[str], seeds: int, model:
 
 
 def _write_layers(out: Path, rows: list[dict]) -> None:
-    keys = ["task", "seed", "module_type", "layer", "A", "B", "dW", "A_random", "B_random", "dW_random"]
+    keys = ["task", "seed", "module_type", "layer", "A", "B", "A_random", "B_random"]
     lines = [",".join(keys)] + [",".join(str(r[k]) for k in keys) for r in rows]
     write_text(out / "table3_layers.csv", "\n".join(lines) + "\n")
     layers = sorted({r["layer"] for r in rows})

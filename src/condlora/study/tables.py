@@ -1,7 +1,9 @@
-"""The study's tables: Table 2 (GLUE scores, Δ and paired t-tests) and Table 4 (parameters, speed).
+"""The study's tables: Table 2 (GLUE scores with 95% CIs, paired differences, tests, verdicts, sanity gate) and
+Table 4 (parameters, speed).
 
 Pure functions over a list of run results (the dicts `condlora.runner.train.train` returns), plus renderers to
-Markdown, CSV and a bar chart. Scores are shown x100 with two decimals, as in the paper.
+Markdown and CSV (the figures are in `plots.py`). Scores are shown x100 with two decimals, as in the paper;
+the statistics and their rules are in `stats.py`.
 """
 
 from __future__ import annotations
@@ -12,15 +14,22 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from ..fileio import atomic_write, write_text
+from ..fileio import write_text
+from .stats import CONFIDENCE, EQUIVALENCE_MARGIN, Comparison, Gate, Summary, compare, gate, mean_ci, paired_ttest
+
+__all__ = ["METHOD_LABELS", "TASK_LABELS", "Table2", "build_table2", "build_table4", "collect_scores",
+           "paired_ttest", "table_score", "write_tables"]  # paired_ttest: re-exported from stats.py
 
 TASK_LABELS = {"mnli": "MNLI", "sst2": "SST-2", "mrpc": "MRPC", "cola": "CoLA",
                "qnli": "QNLI", "qqp": "QQP", "rte": "RTE", "stsb": "STS-B"}
 TASK_METRICS = {"mnli": "acc (matched)", "sst2": "acc", "mrpc": "acc", "cola": "MCC",
                 "qnli": "acc", "qqp": "acc", "rte": "acc", "stsb": "Pearson"}
-METHOD_LABELS = {"lora": "LoRA", "condlora": "CondLoRA", "lora-frozen-a": "LoRA (frozen A)",
-                 "condlora-frozen-a": "CondLoRA (frozen A)", "full": "Full fine-tuning", "head": "Head only"}
+METHOD_LABELS = {"lora": "LoRA", "condlora": "CondLoRA", "condlora-general": "CondLoRA (general form)",
+                 "lora-frozen-a": "LoRA (frozen A)", "lora-frozen-b": "LoRA (frozen B)",
+                 "condlora-frozen-a": "CondLoRA (frozen A)", "condlora-frozen-b": "CondLoRA (frozen Θ_B)",
+                 "full": "Full fine-tuning", "head": "Head only"}
 
 # Published numbers (Kim et al., LREC-COLING 2024, Tables 2 and 4: roberta-base, GLUE dev).
 # Only the 8-task averages, the trainable-parameter counts and the training speeds are given there; the
@@ -32,37 +41,27 @@ PUBLISHED_PARAMS = {"lora": 294_912, "condlora": 24_576}
 PUBLISHED_SPEED = {"lora": 39.7, "condlora": 40.3}
 
 
-def paired_ttest(a: dict[int, float], b: dict[int, float]) -> tuple[float, int]:
-    """Two-sided paired t-test of b vs a over the seeds both have: (p-value, n pairs); p is NaN when n < 2."""
-    from scipy import stats
-
-    seeds = sorted(set(a) & set(b))
-    if len(seeds) < 2:
-        return math.nan, len(seeds)
-    p = stats.ttest_rel([b[s] for s in seeds], [a[s] for s in seeds]).pvalue
-    return float(p), len(seeds)
-
-
 @dataclass
 class Table2:
-    """Per-method, per-task scores (x100) over seeds, with Δ and p-values against the first method."""
+    """Per-method, per-task scores (x100) over seeds with 95% CIs; comparisons with the reference (first method)
+    and the sanity gate of each task."""
 
     tasks: list[str]
     methods: list[str]
     scores: dict[str, dict[str, dict[int, float]]]  # method -> task -> seed -> score x100
-    mean: dict[str, dict[str, float]] = field(default_factory=dict)  # method -> task|"avg" -> mean
-    std: dict[str, dict[str, float]] = field(default_factory=dict)
-    delta: dict[str, dict[str, float]] = field(default_factory=dict)  # methods[1:] only
-    pvalue: dict[str, dict[str, float]] = field(default_factory=dict)
+    summary: dict[str, dict[str, Summary]] = field(default_factory=dict)  # method -> task|"avg"
+    comparison: dict[str, dict[str, Comparison]] = field(default_factory=dict)  # methods[1:] -> task|"avg"
+    gates: dict[str, Gate] = field(default_factory=dict)  # task -> gate of the reference
+
+    @property
+    def learned(self) -> list[str]:
+        """The tasks that pass the sanity gate (the ones averaged)."""
+        return [k for k in self.tasks if self.gates[k].learned]
 
 
 def mean_or_nan(xs: list[float]) -> float:
     """The mean of `xs`, NaN when empty."""
     return statistics.fmean(xs) if xs else math.nan
-
-
-def _std(xs: list[float]) -> float:
-    return statistics.stdev(xs) if len(xs) >= 2 else math.nan
 
 
 def seed_averages(by_task: dict[str, dict[int, float]], tasks: list[str]) -> dict[int, float]:
@@ -86,21 +85,26 @@ def collect_scores(runs: list[dict]) -> dict[str, dict[str, dict[int, float]]]:
     return out
 
 
-def build_table2(runs: list[dict], tasks: list[str], methods: list[str]) -> Table2:
-    """Means, stds, Avg. column, Δ and paired t-test p-values (vs methods[0]) from run results."""
+def _average(t: Table2, m: str) -> Summary:
+    """Avg. over the learned tasks: the mean of their means; the CI from per-seed averages (common seeds)."""
+    per_seed = mean_ci(list(seed_averages(t.scores[m], t.learned).values()))
+    return Summary(per_seed.n, mean_or_nan([t.summary[m][k].mean for k in t.learned]), per_seed.half)
+
+
+def build_table2(runs: list[dict], tasks: list[str], methods: list[str],
+                 baselines: dict[str, float] | None = None) -> Table2:
+    """Means ± CI, the sanity gate (vs `baselines`, x100 per task) and comparisons with methods[0]."""
     scores = collect_scores(runs)
     t = Table2(tasks, methods, {m: scores.get(m, {}) for m in methods})
     for m in methods:
-        by_task = t.scores[m]
-        t.mean[m] = {k: mean_or_nan(list(by_task.get(k, {}).values())) for k in tasks}
-        t.std[m] = {k: _std(list(by_task.get(k, {}).values())) for k in tasks}
-        t.mean[m]["avg"] = mean_or_nan([t.mean[m][k] for k in tasks])
-        t.std[m]["avg"] = _std(list(seed_averages(by_task, tasks).values()))
-    base = methods[0]
+        t.summary[m] = {k: mean_ci(list(t.scores[m].get(k, {}).values())) for k in tasks}
+    ref = methods[0]
+    t.gates = {k: gate(t.summary[ref][k], (baselines or {}).get(k, math.nan), METHOD_LABELS[ref]) for k in tasks}
+    for m in methods:
+        t.summary[m]["avg"] = _average(t, m)
     for m in methods[1:]:
-        t.delta[m] = {k: t.mean[m][k] - t.mean[base][k] for k in [*tasks, "avg"]}
-        t.pvalue[m] = {k: paired_ttest(t.scores[base].get(k, {}), t.scores[m].get(k, {}))[0] for k in tasks}
-        t.pvalue[m]["avg"] = paired_ttest(seed_averages(t.scores[base], tasks), seed_averages(t.scores[m], tasks))[0]
+        t.comparison[m] = {k: compare(t.scores[ref].get(k, {}), t.scores[m].get(k, {})) for k in tasks}
+        t.comparison[m]["avg"] = compare(seed_averages(t.scores[ref], t.learned), seed_averages(t.scores[m], t.learned))
     return t
 
 
@@ -142,30 +146,8 @@ def _pval(p: float) -> str:
     return "n/a" if math.isnan(p) else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
 
 
-def _cell(mean: float, std: float) -> str:
-    if math.isnan(mean):
-        return "–"
-    return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
-
-
 def _ints(xs: list[int]) -> str:
     return "" if not xs else (f"{xs[0]:,}" if len(xs) == 1 else f"{xs[0]:,}–{xs[-1]:,}")
-
-
-def table2_rows(t: Table2) -> list[list[str]]:
-    """Table 2 as display rows (header first): methods, Δ, p-values, published references."""
-    cols = [*t.tasks, "avg"]
-    rows = [["Method", *(TASK_LABELS.get(k, k) for k in t.tasks), "Avg."]]
-    for m in t.methods:
-        rows.append([METHOD_LABELS[m], *(_cell(t.mean[m][k], t.std[m][k]) for k in cols)])
-    base = METHOD_LABELS[t.methods[0]]
-    for m in t.methods[1:]:
-        rows.append([f"Δ {METHOD_LABELS[m]} − {base}", *(_num(t.delta[m][k], signed=True) for k in cols)])
-        rows.append([f"p ({METHOD_LABELS[m]} vs {base}, paired t)", *(_pval(t.pvalue[m][k]) for k in cols)])
-    for m in t.methods:
-        if m in PUBLISHED_AVG:
-            rows.append([f"{METHOD_LABELS[m]} ({PUBLISHED_SOURCE})", *([""] * len(t.tasks)), f"{PUBLISHED_AVG[m]:.2f}"])
-    return rows
 
 
 def table4_rows(rows: list[Table4Row]) -> list[list[str]]:
@@ -190,25 +172,6 @@ def markdown(rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def table2_csv(t: Table2) -> str:
-    """Table 2 as tidy CSV: one row per (kind, method) with full-precision numbers; kinds mean/std/n/delta/p."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    cols = [*t.tasks, "avg"]
-    w.writerow(["kind", "method", *cols])
-    for m in t.methods:
-        w.writerow(["mean", m, *(repr(t.mean[m][k]) for k in cols)])
-        w.writerow(["std", m, *(repr(t.std[m][k]) for k in cols)])
-        w.writerow(["n", m, *(len(t.scores[m].get(k, {})) for k in t.tasks), len(seed_averages(t.scores[m], t.tasks))])
-    for m in t.methods[1:]:
-        w.writerow(["delta", m, *(repr(t.delta[m][k]) for k in cols)])
-        w.writerow(["p_value", m, *(repr(t.pvalue[m][k]) for k in cols)])
-    for m in t.methods:
-        if m in PUBLISHED_AVG:
-            w.writerow(["published_avg_8_tasks", m, *([""] * len(t.tasks)), PUBLISHED_AVG[m]])
-    return buf.getvalue()
-
-
 def table4_csv(rows: list[Table4Row]) -> str:
     """Table 4 as CSV (params as 'a' or 'a-b' when they differ between tasks)."""
     buf = io.StringIO()
@@ -222,83 +185,138 @@ def table4_csv(rows: list[Table4Row]) -> str:
     return buf.getvalue()
 
 
-def plot_table2(t: Table2, path: str | Path) -> None:
-    """Grouped bar chart of Table 2 (mean ± std over seeds per task and method), written atomically as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = [*t.tasks, "avg"]
-    width = 0.8 / len(t.methods)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(cols), 3.6))
-    for i, m in enumerate(t.methods):
-        xs = [j + (i - (len(t.methods) - 1) / 2) * width for j in range(len(cols))]
-        errs = [0.0 if math.isnan(t.std[m][k]) else t.std[m][k] for k in cols]
-        ax.bar(xs, [t.mean[m][k] for k in cols], width, yerr=errs, capsize=3, label=METHOD_LABELS[m])
-    ax.set_xticks(range(len(cols)), [TASK_LABELS.get(k, "Avg.") for k in cols])
-    ax.set_ylabel("score x100 (test = GLUE dev)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    plt.close(fig)
 
 
-def plot_search(lrs: dict[str, dict[str, dict]], path: str | Path,
-                lr_range: tuple[float, float] = (1e-5, 3e-3), ticks: list[float] | None = None) -> None:
-    """Validation score against learning rate of every search trial, one panel per task, written as PNG.
-
-    `ticks`: label these learning rates on the x axis (a grid search's LRs)."""
-    import matplotlib
-    import matplotlib.ticker
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = [t for t, by_m in lrs.items() if any("trials" in v for v in by_m.values())]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.0), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
-        for m, v in sorted(lrs[task].items(), key=lambda mv: list(METHOD_LABELS).index(mv[0])):  # fixed colours
-            done = [t for t in v.get("trials", []) if t["state"] == "COMPLETE"]
-            dots = ax.scatter([t["lr"] for t in done], [100 * t["val_score"] for t in done], s=14,
-                              label=METHOD_LABELS[m])
-            ax.axvline(v["lr"], color=dots.get_facecolor()[0], lw=0.8, ls="--")
-        ax.set_xscale("log")
-        ax.set_xlim(*lr_range)
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        if ticks:
-            ax.set_xticks(ticks, [f"{t:.0e}" for t in ticks], fontsize=7)
-        ax.set_title(f"{TASK_LABELS.get(task, task)} (dashed: chosen LR)", fontsize=9)
-        ax.set_xlabel("learning rate")
-    axes[0][0].set_ylabel("validation score x100")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    plt.close(fig)
+def _ci_cell(s: Summary) -> str:
+    if s.n == 0 or math.isnan(s.mean):
+        return "–"
+    return f"{s.mean:.2f}" if math.isnan(s.half) else f"{s.mean:.2f} ± {s.half:.2f}"
 
 
-def caption(t: Table2, model: str, n_seeds: int) -> str:
-    """The text printed above Table 2: model, seeds and the metric of each task."""
-    metrics = ", ".join(f"{TASK_LABELS.get(k, k)} {TASK_METRICS.get(k, 'main metric')}" for k in t.tasks)
+def _delta_cell(c: Comparison) -> str:
+    d = c.diff
+    if d.n == 0:
+        return "–"
+    return f"{d.mean:+.2f} [CI n/a]" if math.isnan(d.half) else f"{d.mean:+.2f} [{d.lo:+.2f}, {d.hi:+.2f}]"
+
+
+def seeds_text(seeds: set[int] | list[int]) -> str:
+    """Seeds as compact ranges: {0, 1, 2, 5} -> '0–2, 5'."""
+    out, run = [], []
+    for s in sorted(seeds):
+        if run and s != run[-1] + 1:
+            out.append(str(run[0]) if len(run) == 1 else f"{run[0]}–{run[-1]}")
+            run = []
+        run.append(s)
+    if run:
+        out.append(str(run[0]) if len(run) == 1 else f"{run[0]}–{run[-1]}")
+    return ", ".join(out) or "none"
+
+
+def _task_label(t: Table2, k: str) -> str:
+    if k == "avg":
+        return "Avg. (learned tasks)"
+    return TASK_LABELS.get(k, k) + ("" if t.gates[k].learned else " †")
+
+
+def table2_rows(t: Table2) -> list[list[str]]:
+    """Table 2 in the paper's shape (methods x tasks, mean ± CI), the trivial baseline and published rows."""
+    rows = [["Method", *(_task_label(t, k) for k in t.tasks), f"Avg. ({len(t.learned)} learned)"]]
+    for m in t.methods:
+        rows.append([METHOD_LABELS[m], *(_ci_cell(t.summary[m][k]) for k in [*t.tasks, "avg"])])
+    rows.append(["Trivial baseline (majority class; 0 for MCC, Pearson)",
+                 *(_num(t.gates[k].baseline) or "?" for k in t.tasks), ""])
+    for m in t.methods:
+        if m in PUBLISHED_AVG:
+            rows.append([f"{METHOD_LABELS[m]} ({PUBLISHED_SOURCE})", *([""] * len(t.tasks)), f"{PUBLISHED_AVG[m]:.2f}"])
+    return rows
+
+
+def comparison_rows(t: Table2) -> list[list[str]]:
+    """Table 2b: per task (and Avg.) and method: n, mean ± CI, Δ to the reference [CI], p-values, verdict."""
+    ref = METHOD_LABELS[t.methods[0]]
+    rows = [["Task", "Method", "n", "Score (95% CI)", f"Δ vs {ref} [95% CI]", "pairs", "p (t)", "p (Wilcoxon)",
+             "Verdict"]]
+    for k in [*t.tasks, "avg"]:
+        for m in t.methods:
+            s = t.summary[m][k]
+            row = [_task_label(t, k), METHOD_LABELS[m], str(s.n), _ci_cell(s)]
+            if m == t.methods[0]:
+                rows.append(row + ["reference", "", "", "", ""])
+                continue
+            c = t.comparison[m][k]
+            said = c.verdict if k == "avg" or t.gates[k].learned else "n/a: not learned"
+            rows.append(row + [_delta_cell(c), str(c.diff.n), _pval(c.p_t), _pval(c.p_wilcoxon), said])
+    return rows
+
+
+def gate_notes(t: Table2) -> str:
+    """One line per task the sanity gate leaves out (or could not check), with the numbers."""
+    lines = [f"† {TASK_LABELS.get(k, k)}: not learned at this budget ({t.gates[k].reason}); left out of Avg."
+             for k in t.tasks if not t.gates[k].learned]
+    lines += [f"{TASK_LABELS.get(k, k)}: {t.gates[k].reason}." for k in t.tasks
+              if t.gates[k].learned and math.isnan(t.gates[k].baseline)]
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def settings_line(run_cfg: dict[str, Any], seeds: set[int] | list[int]) -> str:
+    """The header of Table 2: model, head, training budget (max epochs, patience, train size) and seeds."""
+    patience, epochs = run_cfg.get("patience"), run_cfg.get("epochs", "?")
+    budget = f"≤ {format(epochs, 'g') if isinstance(epochs, (int, float)) else epochs} epochs, " + (
+        f"early stopping with patience {patience}" if patience else "no early stopping")
+    if run_cfg.get("max_train_samples"):
+        budget += f", ≤ {run_cfg['max_train_samples']} train examples"
+    return (f"model {run_cfg.get('model', '?')} · head {run_cfg.get('head') or 'default'} · budget {budget} · "
+            f"seeds {seeds_text(seeds)}")
+
+
+def caption(t: Table2, header: str) -> str:
+    """The text above Table 2: the settings line, metrics, and how to read the cells."""
+    metrics = ", ".join(f"{TASK_LABELS.get(k, k)} {TASK_METRICS.get(k, "main metric")}" for k in t.tasks)
+    ref, conf = METHOD_LABELS[t.methods[0]], round(100 * CONFIDENCE)
     test = "official GLUE dev set" if all(k in TASK_LABELS for k in t.tasks) else "--test-file"  # own data
-    return (f"Table 2: {model}, test = {test}, mean ± std over {n_seeds} seed(s), x100 ({metrics}).\n"
-            f"Δ and paired t-test p-values compare each method with {METHOD_LABELS[t.methods[0]]} over seeds. "
-            "Published averages are over all 8 GLUE tasks, so they are only comparable when all 8 tasks are run.\n")
+    return (f"Table 2: {header}.\nTest = {test}, x100 ({metrics}). Cells: mean ± half-width of the "
+            f"{conf}% CI over seeds (t, n−1 df; no ± when n = 1). Avg.: over the tasks {ref} learned (its mean beats "
+            "the trivial baseline by more than 1 point and by more than its CI half-width), CI from per-seed "
+            f"averages. Δ: method − {ref}, paired by seed; p (t): paired t-test; p (Wilcoxon): signed-rank test; "
+            f"verdict: on par if the Δ CI lies within ±{EQUIVALENCE_MARGIN:g} point, better / worse if it lies above "
+            "/ below 0, else undecided (n/a on tasks not learned). Published averages are over all 8 GLUE tasks on "
+            "roberta-base: comparable only then.\n")
 
 
-def write_tables(runs: list[dict], tasks: list[str], methods: list[str], out_dir: str | Path,
-                 model: str = "", n_seeds: int = 0, plot: bool = True) -> str:
-    """Write table2/table4 .md and .csv (and table2.png) under out_dir; returns both Markdown tables."""
+def table2_csv(t: Table2) -> str:
+    """Table 2 as tidy CSV, one row per task (or avg) x method, full precision; published averages last."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["task", "method", "source", "n", "mean", "ci_low", "ci_high", "delta", "delta_ci_low",
+                "delta_ci_high", "pairs", "p_t", "p_wilcoxon", "verdict", "baseline", "learned"])
+    for k in [*t.tasks, "avg"]:
+        g = t.gates.get(k)
+        for m in t.methods:
+            s = t.summary[m][k]
+            c = t.comparison.get(m, {}).get(k)
+            cmp = ([repr(c.diff.mean), repr(c.diff.lo), repr(c.diff.hi), c.diff.n, repr(c.p_t), repr(c.p_wilcoxon),
+                    c.verdict] if c else [""] * 7)
+            w.writerow([k, m, "this study", s.n, repr(s.mean), repr(s.lo), repr(s.hi), *cmp,
+                        repr(g.baseline) if g else "", g.learned if g else ""])
+    for m in t.methods:
+        if m in PUBLISHED_AVG:
+            w.writerow(["avg_8_tasks", m, PUBLISHED_SOURCE, "", PUBLISHED_AVG[m], *[""] * 11])
+    return buf.getvalue()
+
+
+def write_tables(runs: list[dict], tasks: list[str], methods: list[str], out_dir: str | Path, header: str = "",
+                 baselines: dict[str, float] | None = None) -> tuple[str, Table2]:
+    """Write table2/table4 .md and .csv under out_dir; returns both Markdown tables and Table 2."""
     out = Path(out_dir)
-    t2 = build_table2(runs, tasks, methods)
+    t2 = build_table2(runs, tasks, methods, baselines)
     t4 = build_table4(runs, methods)
-    md2 = caption(t2, model, n_seeds) + "\n" + markdown(table2_rows(t2))
+    md2 = (caption(t2, header) + "\n" + markdown(table2_rows(t2)) + "\n" + gate_notes(t2)
+           + "\nTable 2b: each method against " + METHOD_LABELS[methods[0]] + ".\n\n" + markdown(comparison_rows(t2)))
     md4 = ("Table 4: trainable parameters and training examples/s (mean over this study's runs).\n\n"
            + markdown(table4_rows(t4)))
     write_text(out / "table2.md", md2)
     write_text(out / "table2.csv", table2_csv(t2))
     write_text(out / "table4.md", md4)
     write_text(out / "table4.csv", table4_csv(t4))
-    if plot:
-        plot_table2(t2, out / "table2.png")
-    return md2 + "\n" + md4
+    return md2 + "\n" + md4, t2

@@ -1,0 +1,186 @@
+"""`condlora study` outputs with the fake runner of test_study.py: any set of seeds and extending a study, tables
+over every seed found, the sanity gate, the figures, and the live progress (`--status`)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from condlora import cli
+from condlora.errors import ConfigError
+from condlora.study.plots import validation_curves
+from condlora.study.progress import status_line, study_status, watch
+from condlora.study.study import parse_seeds, run_study
+from test_study import TEST, FakeRun, settings
+
+
+def table2(tmp_path) -> dict[tuple[str, str], dict]:
+    """table2.csv rows by (task, method)."""
+    return {(r["task"], r["method"]): r for r in csv.DictReader((tmp_path / "study" / "table2.csv").open())}
+
+
+@pytest.mark.parametrize("spec, want", [
+    (3, [0, 1, 2]), ("3", [0, 1, 2]), ("3,4,5", [3, 4, 5]), ("3-5", [3, 4, 5]), ("0-2,7", [0, 1, 2, 7]),
+    ("7-7", [7]), ("7,", [7]), ([5, 3, 5], [3, 5]), (" 4 - 5 , 1", [1, 4, 5]),
+])
+def test_parse_seeds(spec, want):
+    assert parse_seeds(spec) == want
+
+
+@pytest.mark.parametrize("spec", ["0", 0, "-1", "x", "5-3", "1-2-3", ",", "", "1.5"])
+def test_parse_seeds_errors(spec):
+    with pytest.raises(ConfigError, match="--seeds"):
+        parse_seeds(spec)
+
+
+def test_extending_seeds_trains_only_the_new_ones_and_tables_use_all(tmp_path):
+    run_study(settings(tmp_path), run_fn=FakeRun())
+    more = FakeRun()
+    record = run_study(settings(tmp_path, seeds="3-4"), run_fn=more)  # same study, more seeds: not refused
+    assert sorted({c["seed"] for c in more.calls}) == [3, 4] and len(more.calls) == 8
+    rows = table2(tmp_path)
+    assert {rows[t, m]["n"] for t in ("rte", "mrpc", "avg") for m in ("lora", "condlora")} == {"5"}
+    assert rows["rte", "condlora"]["pairs"] == "5" and len(record["runs"]) == 20
+    md = (tmp_path / "study" / "table2.md").read_text()
+    assert "· seeds 0–4." in md
+    assert json.loads((tmp_path / "study" / "study.json").read_text())["settings"]["seeds"] == [3, 4]
+    again = FakeRun()
+    run_study(settings(tmp_path, seeds=5), run_fn=again)
+    assert again.calls == []
+
+
+def test_paired_statistics_only_over_common_seeds(tmp_path):
+    run_study(settings(tmp_path, methods="condlora", seeds=5), run_fn=FakeRun())
+    fake = FakeRun()
+    run_study(settings(tmp_path, methods="lora,condlora", seeds=3), run_fn=fake)
+    assert {(c["method"], c["seed"]) for c in fake.calls} == {("lora", s) for s in range(3)}
+    rows = table2(tmp_path)
+    assert (rows["rte", "lora"]["n"], rows["rte", "condlora"]["n"], rows["rte", "condlora"]["pairs"]) == ("3", "5", "3")
+    scores = {m: [100 * TEST["rte", m][s % 3] for s in range(5)] for m in ("lora", "condlora")}
+    assert float(rows["rte", "condlora"]["mean"]) == pytest.approx(sum(scores["condlora"]) / 5)
+    assert float(rows["rte", "condlora"]["delta"]) == pytest.approx(
+        sum(scores["condlora"][s] - scores["lora"][s] for s in range(3)) / 3)
+
+
+def test_sanity_gate_leaves_unlearned_tasks_out_of_the_average(tmp_path):
+    run_study(settings(tmp_path, tasks="rte,mrpc,cola"), run_fn=FakeRun())
+    md = (tmp_path / "study" / "table2.md").read_text()
+    # CoLA LoRA MCC 2, -1, 3: mean 1.33 is not clearly above the trivial 0; RTE, MRPC (majority 53.85) are
+    assert "| Method | RTE | MRPC | CoLA † | Avg. (2 learned) |" in md
+    assert "| LoRA | 69.67 ± 3.79 | 84.67 ± 3.79 | 1.33 ± 5.17 | 77.17 ± 3.79 |" in md  # avg as without CoLA
+    assert ("† CoLA: not learned at this budget (LoRA 1.33 (95% CI ± 5.17) vs trivial baseline 0.00: +1.33, "
+            "not above max(1 point, CI half-width)); left out of Avg.") in md
+    assert "| CoLA † | CondLoRA | 3 |" in md and md.count("| n/a: not learned |") == 1  # CoLA only
+    rows = table2(tmp_path)
+    assert rows["cola", "lora"]["learned"] == "False" and float(rows["cola", "lora"]["baseline"]) == 0.0
+    assert float(rows["avg", "lora"]["mean"]) == pytest.approx((69 + 2 / 3 + 84 + 2 / 3) / 2)
+
+
+def test_unknown_baseline_is_not_gated(tmp_path):
+    run_args = {"model": "fake", "epochs": 1, "glue_dir": str(tmp_path / "no-glue")}
+    with pytest.warns(UserWarning, match="no trivial baseline for rte"):
+        run_study(settings(tmp_path, tasks="rte", run_args=run_args), run_fn=FakeRun())
+    md = (tmp_path / "study" / "table2.md").read_text()
+    assert "| Method | RTE | Avg. (1 learned) |" in md and "RTE: trivial baseline unknown" in md
+
+
+def test_figures_are_written(tmp_path):
+    record = run_study(settings(tmp_path), run_fn=FakeRun())
+    out = tmp_path / "study"
+    assert record["figures"] == ["table2.png", "table2_seeds.png", "table2_curves.png"]
+    for name in record["figures"]:
+        data = (out / name).read_bytes()
+        assert data[:4] == b"\x89PNG" and len(data) > 5000
+    curves = validation_curves(record["runs"], ["rte", "mrpc"], ["lora", "condlora"])
+    seed, by_method = curves["rte"]
+    assert seed == 0 and [step for step, _ in by_method["lora"]] == [5, 10, 15]
+
+
+def write_progress(out: Path, pid: int, current: dict | None, pairs: list, seeds: list[int], n_trials: int = 0,
+                   reused: int | None = None) -> None:
+    """A worker's progress file as Progress writes it."""
+    rec = {"host": socket.gethostname(), "pid": pid, "finished": False, "current": current,
+           "plan": {"pairs": pairs, "n_trials": n_trials, "seeds": seeds, "reused_seed": reused}}
+    (out / "progress").mkdir(parents=True, exist_ok=True)
+    (out / "progress" / f"{socket.gethostname()}-{pid}.json").write_text(json.dumps(rec))
+
+
+def finish_run(out: Path, kind: str, task: str, method: str, name: str, wall: float) -> None:
+    """A finished run's results.json under runs/ or search/."""
+    d = out / kind / task / method / name
+    d.mkdir(parents=True)
+    (d / "results.json").write_text(json.dumps({"wall_time_s": wall}))
+
+
+def test_status_of_a_running_study(tmp_path):
+    out, now = tmp_path / "study", 1_000_000.0
+    current = {"task": "rte", "method": "condlora", "seed": 1, "kind": "run", "started": now - 30}
+    write_progress(out, os.getpid(), current, [["rte", "lora"], ["rte", "condlora"]], [0, 1, 2])
+    for s in range(3):
+        finish_run(out, "runs", "rte", "lora", f"seed{s}", 100.0)
+    finish_run(out, "runs", "rte", "condlora", "seed0", 100.0)
+    st = study_status(out, now)
+    assert (st["planned"], st["done"], st["eta_s"]) == (6, 4, 2 * 100.0 - 30)
+    line = status_line(out, now, stamp=lambda: "12:00:00")
+    assert line == (f"12:00:00 {out}: 4/6 trainings done (67%) · now: rte/condlora seed 1 (0:00:30) · "
+                    "ETA 0:02:50 (mean 100 s/run)")
+
+
+def test_status_counts_search_trials_and_skips_the_copied_seed(tmp_path):
+    out = tmp_path / "study"
+    write_progress(out, os.getpid(), None, [["mrpc", "lora"]], [0, 1, 2], n_trials=3, reused=0)
+    finish_run(out, "search", "mrpc", "lora", "trial0", 60.0)
+    finish_run(out, "search", "mrpc", "lora", "trial1", 60.0)
+    st = study_status(out, 0.0)
+    assert (st["planned"], st["done"], st["eta_s"]) == (3 + 2, 2, 3 * 60.0)  # seed 0 is the best trial, copied
+    assert "now: between runs" in status_line(out, 0.0)
+
+
+def test_status_of_a_dead_worker_and_of_no_study(tmp_path, capsys):
+    out = tmp_path / "study"
+    assert "no progress files yet (0 finished runs on disk)" in status_line(out)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    write_progress(out, int(dead.stdout), None, [["rte", "lora"]], [0])
+    assert status_line(out).endswith("0/1 trainings done (0%) · no worker running")
+    assert cli.main(["study", "--status", "--output-dir", str(out)]) == 0
+    assert "0/1 trainings done" in capsys.readouterr().out
+
+
+def test_status_during_a_study_shows_the_current_run(tmp_path):
+    seen = []
+    fake = FakeRun()
+
+    def run(cfg):
+        seen.append(status_line(tmp_path / "study", stamp=lambda: "t"))
+        return fake(cfg)
+
+    run_study(settings(tmp_path, tasks="rte"), run_fn=run)
+    assert seen[0].startswith(f"t {tmp_path / 'study'}: 0/6 trainings done (0%) · now: rte/lora seed 0 (0:00:00")
+    assert seen[0].endswith("ETA after the first finished run")
+    assert "1/6 trainings done (17%) · now: rte/lora seed 1" in seen[1] and "ETA 0:00:" in seen[1]
+    assert status_line(tmp_path / "study").endswith("6/6 trainings done (100%) · no worker running")
+
+
+def test_watch_prints_until_the_workers_finish(tmp_path, capsys):
+    out, lines = tmp_path / "study", []
+    write_progress(out, os.getpid(), None, [["rte", "lora"]], [0])
+
+    def show(line):
+        lines.append(line)
+        if len(lines) == 2:  # the worker finishes
+            finish_run(out, "runs", "rte", "lora", "seed0", 5.0)
+            path = next((out / "progress").glob("*.json"))
+            path.write_text(json.dumps({**json.loads(path.read_text()), "finished": True}))
+
+    watch(out, 0.01, show)
+    assert len(lines) == 3 and "0/1 trainings done (0%) · now: between runs" in lines[0]
+    assert lines[2].endswith("1/1 trainings done (100%) · no worker running")
+    assert cli.main(["study", "--status", "--watch", "0", "--output-dir", str(out)]) == 2
+    assert "--watch must be > 0 seconds" in capsys.readouterr().err
