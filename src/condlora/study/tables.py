@@ -272,7 +272,7 @@ def settings_line(run_cfg: dict[str, Any], seeds: set[int] | list[int]) -> str:
 
 def caption(t: Table2, header: str) -> str:
     """The text above Table 2: the settings line, metrics, and how to read the cells."""
-    metrics = ", ".join(f"{TASK_LABELS.get(k, k)} {TASK_METRICS.get(k, "main metric")}" for k in t.tasks)
+    metrics = ", ".join(f"{TASK_LABELS.get(k, k)} {TASK_METRICS.get(k, 'main metric')}" for k in t.tasks)
     ref, conf = METHOD_LABELS[t.methods[0]], round(100 * CONFIDENCE)
     test = "official GLUE dev set" if all(k in TASK_LABELS for k in t.tasks) else "--test-file"  # own data
     return (f"Table 2: {header}.\nTest = {test}, x100 ({metrics}). Cells: mean ± half-width of the "
