@@ -309,7 +309,7 @@ def test_study_on_own_files(model, tmp_path, capsys):
     assert set(saved["settings"]["run_args"]["data_sha256"]) == {"train", "test"}
     assert (out / "runs" / "yesno" / "condlora" / "seed0" / "results.json").exists()
     table2 = (out / "table2.md").read_text()
-    assert "| yesno |" in table2 and "test = --test-file" in table2
+    assert "| yesno" in table2 and "Test = --test-file" in table2
     train.write_text(train.read_text() + "one more,no\n")
     capsys.readouterr()
     assert cli_main(argv) == 2 and "other run settings (data_sha256)" in _one_line_error(capsys, "study")
