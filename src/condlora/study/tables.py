@@ -20,7 +20,9 @@ TASK_LABELS = {"mnli": "MNLI", "sst2": "SST-2", "mrpc": "MRPC", "cola": "CoLA",
 TASK_METRICS = {"mnli": "acc (matched)", "sst2": "acc", "mrpc": "acc", "cola": "MCC",
                 "qnli": "acc", "qqp": "acc", "rte": "acc", "stsb": "Pearson"}
 METHOD_LABELS = {"lora": "LoRA", "condlora": "CondLoRA", "lora-frozen-a": "LoRA (frozen A)",
-                 "condlora-frozen-a": "CondLoRA (frozen A)", "full": "Full fine-tuning", "head": "Head only"}
+                 "condlora-frozen-a": "CondLoRA (frozen A)", "lora-frozen-b": "LoRA (frozen B)",
+                 "condlora-frozen-b": "CondLoRA (frozen Θ_B)", "condlora-general": "CondLoRA (general form)",
+                 "full": "Full fine-tuning", "head": "Head only"}
 
 # Published numbers (Kim et al., LREC-COLING 2024, Tables 2 and 4: roberta-base, GLUE dev).
 # Only the 8-task averages, the trainable-parameter counts and the training speeds are given there; the
