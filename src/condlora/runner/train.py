@@ -212,7 +212,8 @@ class Run:
             self.best = self.snapshot()
         else:
             st["bad_evals"] += 1
-        st["stopped_early"] = bool(self.cfg.patience) and st["bad_evals"] >= self.cfg.patience
+        patience_out = self.cfg.patience is not None and st["bad_evals"] >= self.cfg.patience
+        st["stopped_early"] = patience_out and st["step"] < self.total_steps
         record = {"step": st["step"], "epoch": round(st["step"] / self.steps_per_epoch, 4),
                   "lr": self.scheduler.get_last_lr()[0], "val": metrics, "val_score": score, "best": improved,
                   "bad_evals": st["bad_evals"], "train_loss": st["loss_sum"] / max(1, st["loss_count"])}
