@@ -65,8 +65,11 @@ def setup_method(model: nn.Module, method: str, r: int, alpha: float, dropout: f
     return model
 
 
-def freeze_all_but_head(model: nn.Module, head: str = "dense") -> list[str]:
-    """Freeze every parameter except the classification head's; returns the head's module names."""
+def freeze_all_but_head(model: nn.Module, head: str = "linear") -> list[str]:
+    """Freeze every parameter except the classification head's; returns the head's module names.
+
+    The default `linear` keeps what `condlora bench` has always measured; `condlora train` passes its --head.
+    """
     heads = head_module_names(model, head)
     for name, p in model.named_parameters():
         p.requires_grad_(is_head_param(name, heads))
