@@ -62,10 +62,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: 0)")
     p.add_argument("--eval-every", type=_positive_int, default=None, help="steps between evaluations "
                    "(default: once per epoch)")
-    p.add_argument("--patience", type=int, default=None,
+    p.add_argument("--patience", type=int, default=None, metavar="N",
                    help="early stopping: stop after N evaluations without a better validation score; --epochs "
                         "is then the maximum (default: off)")
-    p.add_argument("--head", default="dense", help="classification head that trains with every method: dense "
+    p.add_argument("--head", default="dense", metavar="{dense,linear}",
+                   help="classification head that trains with every method: dense "
                    "(the paper's RoBERTa-like dense + tanh + output: BERT's classifier + pooler, RoBERTa's "
                    "classifier, DistilBERT's pre_classifier + classifier; default) or linear (the output layer only)")
     p.add_argument("--group-by-length", action="store_true",
