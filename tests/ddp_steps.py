@@ -19,9 +19,13 @@ STEPS = 3
 
 
 def three_steps(model: str, glue: str, out: Path, method: str) -> dict[str, torch.Tensor]:
-    """The trainable tensors after 3 steps of a batch-8 run (split across the processes)."""
-    cfg = TrainConfig(task="rte", method=method, model=model, glue_dir=glue, output_dir=str(out / method),
-                      epochs=1, lr=1e-2, batch_size=8, max_length=32, quiet=True)
+    """The trainable tensors after 3 steps of a batch-8 run (split across the processes).
+
+    `METHOD:grouped` runs METHOD with length-grouped batches.
+    """
+    name, _, grouped = method.partition(":")
+    cfg = TrainConfig(task="rte", method=name, model=model, glue_dir=glue, output_dir=str(out / method),
+                      epochs=1, lr=1e-2, batch_size=8, max_length=32, quiet=True, group_by_length=bool(grouped))
     acc = _accelerator(cfg)
     run = Run(cfg, acc)
     run.model.train()

@@ -24,10 +24,13 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 RESULT_KEYS = {"task", "method", "model", "seed", "lr", "metric", "val_score", "test_score", "test_metrics",
                "trainable_params", "head_params", "examples_per_sec", "wall_time_s", "best_step", "epochs",
                "train_size", "val_size", "test_size", "library_version"}
-# tiny BERT: 2 layers, width 32, query+value, r=8; head = classifier 32x2 + 2
-HEAD = 66
-TRAINABLE = {"lora": 2 * 2 * (8 * 32 + 32 * 8), "lora-frozen-a": 2 * 2 * 32 * 8,
-             "condlora": 2 * (8 * 32 + 8 * 32), "condlora-frozen-a": 2 * 8 * 32, "head": 0}
+# tiny BERT: 2 layers, width 32, query+value, r=8; head (dense, the default) = pooler 32x32 + 32, classifier 32x2 + 2
+HEAD = 32 * 32 + 32 + 66
+TRAINABLE = {"lora": 2 * 2 * (8 * 32 + 32 * 8), "lora-frozen-a": 2 * 2 * 32 * 8, "lora-frozen-b": 2 * 2 * 8 * 32,
+             "condlora": 2 * (8 * 32 + 8 * 32), "condlora-frozen-a": 2 * 8 * 32, "condlora-frozen-b": 2 * 8 * 32,
+             "condlora-general": 2 * (8 * 32 + 32 * 8), "head": 0}
+ALL_METHODS = ["lora", "lora-frozen-a", "lora-frozen-b", "condlora", "condlora-frozen-a", "condlora-frozen-b",
+               "condlora-general", "full", "head"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -52,7 +55,7 @@ def config(tiny, out, **kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
-@pytest.mark.parametrize("method", ["lora", "lora-frozen-a", "condlora", "condlora-frozen-a", "full", "head"])
+@pytest.mark.parametrize("method", ALL_METHODS)
 def test_each_method_writes_its_run_folder(tiny, tmp_path, method):
     res = train(config(tiny, tmp_path, method=method))
     assert RESULT_KEYS <= set(res) and res["metric"] == "accuracy"
@@ -63,7 +66,7 @@ def test_each_method_writes_its_run_folder(tiny, tmp_path, method):
     assert json.loads((tmp_path / "config.json").read_text())["run"]["method"] == method
     assert [r["step"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())] == [5]
     saved = {"lora": ["best_adapter"], "condlora": ["best_adapter", "best_adapter_peft"], "full": ["best_model"],
-             "head": ["best_head"]}[method.removesuffix("-frozen-a")]
+             "head": ["best_head"]}[method.split("-")[0]]
     assert res["saved"] == saved and all((tmp_path / s).is_dir() for s in saved)
     assert not (tmp_path / "checkpoint").exists()
 
@@ -77,11 +80,16 @@ EXPECTED_TRAINABLE = {
                  for m in ("query", "value") for ab in "AB"},
     "condlora-frozen-a": {f"condlora_generators.bert_encoder_layer_attention_self_{m}.theta_B"
                           for m in ("query", "value")},
+    "lora-frozen-b": {f"base_model.model.bert.encoder.layer.{i}.attention.self.{m}.lora_A.default.weight"
+                      for i in range(2) for m in ("query", "value")},
+    "condlora-frozen-b": {f"condlora_generators.bert_encoder_layer_attention_self_{m}.theta_A"
+                          for m in ("query", "value")},
     "head": set(),
 }
+EXPECTED_TRAINABLE["condlora-general"] = EXPECTED_TRAINABLE["condlora"]
 
 
-@pytest.mark.parametrize("method", ["lora", "lora-frozen-a", "condlora", "condlora-frozen-a", "full", "head"])
+@pytest.mark.parametrize("method", ALL_METHODS)
 def test_exact_trainable_set(method):
     from condlora.runner.methods import setup_method
     from conftest import tiny_bert
@@ -91,8 +99,11 @@ def test_exact_trainable_set(method):
     if method == "full":
         assert names == {n for n, _ in model.named_parameters()}
         return
-    head = {f"{'base_model.model.classifier.modules_to_save.default' if method.startswith('lora') else 'classifier'}"
-            f".{w}" for w in ("weight", "bias")}
+    peft = method.startswith("lora")
+    head = {f"{'base_model.model.classifier.modules_to_save.default' if peft else 'classifier'}.{w}"
+            for w in ("weight", "bias")}
+    head |= {f"{'base_model.model.bert.pooler.modules_to_save.default' if peft else 'bert.pooler'}.dense.{w}"
+             for w in ("weight", "bias")}
     assert names == EXPECTED_TRAINABLE[method] | head
 
 
@@ -131,9 +142,9 @@ def test_peft_frozen_a_is_the_seeded_orthogonal_draw_and_b_trains(tiny, tmp_path
 def test_stsb_regression_and_mnli_parts(tiny, tmp_path):
     res = train(config(tiny, tmp_path / "stsb", task="STS-B", method="lora"))
     assert res["metric"] == "pearson" and set(res["test_metrics"]) == {"pearson", "spearman"}
-    assert -1 <= res["test_score"] <= 1 and res["head_params"] == 33
+    assert -1 <= res["test_score"] <= 1 and res["head_params"] == 33 + 32 * 33
     res = train(config(tiny, tmp_path / "mnli", task="mnli", max_eval_samples=10))
-    assert res["test_size"] == 20 and res["head_params"] == 99
+    assert res["test_size"] == 20 and res["head_params"] == 99 + 32 * 33
     assert set(res["test_metrics"]) == {"accuracy", "matched_accuracy", "mismatched_accuracy"}
 
 
@@ -327,7 +338,7 @@ def test_real_rte_smoke_with_minilm(tmp_path):
                             output_dir=str(tmp_path), epochs=1, lr=5e-4, max_train_samples=64, max_eval_samples=32,
                             max_length=64, quiet=True))
     assert (res["train_size"], res["val_size"], res["test_size"], res["total_steps"]) == (64, 32, 32, 4)
-    assert res["trainable_params"] == 2 * 2 * 8 * 384 and res["head_params"] == 384 * 2 + 2
+    assert res["trainable_params"] == 2 * 2 * 8 * 384 and res["head_params"] == 384 * 385 + 384 * 2 + 2  # pooler + out
     assert 0.0 <= res["test_score"] <= 1.0 and res["examples_per_sec"] > 0
 
 

@@ -37,14 +37,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "or own data: --train-file")
     owndata.add_arguments(p)
     p.add_argument("--method", default="condlora", choices=METHODS,
-                   help="lora (real PEFT), condlora, their frozen-A variants, full or head (default: condlora)")
+                   help="lora (real PEFT), condlora, their frozen-A / frozen-B variants, condlora-general "
+                        "(CondLoRA in the general form), full or head (default: condlora)")
     p.add_argument("--model", default="minilm", help=f"base model: {ALIASES_HELP} (default: minilm; "
                    "the paper used roberta-base)")
     p.add_argument("--glue-dir", default=None, help=f"GLUE TSV folder (TASK/train.tsv, dev.tsv); default "
                    f"${GLUE_DIR_ENV}, else the hub's nyu-mll/glue (needs the `data` extra)")
     p.add_argument("--output-dir", default="runs/run", help="run folder (default: runs/run)")
     p.add_argument("--seed", type=int, default=0, help="seed of init, data order and dropout (default: 0)")
-    p.add_argument("--epochs", type=float, default=3, help="training epochs (default: 3)")
+    p.add_argument("--epochs", type=float, default=3, help="training epochs; the maximum with --patience "
+                   "(default: 3)")
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default: 5e-4)")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="global batch size (default: 16)")
     p.add_argument("--max-length", type=_positive_int, default=128, help="max tokens per example (default: 128)")
@@ -63,6 +65,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: 0)")
     p.add_argument("--eval-every", type=_positive_int, default=None, help="steps between evaluations "
                    "(default: once per epoch)")
+    p.add_argument("--patience", type=int, default=None, metavar="N",
+                   help="early stopping: stop after N evaluations without a better validation score; --epochs "
+                        "is then the maximum (default: off)")
+    p.add_argument("--head", default="dense", metavar="{dense,linear}",
+                   help="classification head that trains with every method: dense "
+                   "(the paper's RoBERTa-like dense + tanh + output: BERT's classifier + pooler, RoBERTa's "
+                   "classifier, DistilBERT's pre_classifier + classifier; default) or linear (the output layer only)")
+    p.add_argument("--group-by-length", action="store_true",
+                   help="batches of similar lengths (mega-batches of 50 batches sorted by length, batch order "
+                        "shuffled per epoch), like Trainer's group_by_length")
     p.add_argument("--save-every", type=_positive_int, default=None,
                    help="steps between extra checkpoints (default: at each evaluation)")
     p.add_argument("--pad-to-max-length", action="store_true", help="pad to --max-length (the paper's setting)")

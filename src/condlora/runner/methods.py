@@ -1,14 +1,20 @@
-"""The fine-tuning methods of `condlora train`: real PEFT LoRA, CondLoRA, their frozen-A variants, full, head.
+"""The fine-tuning methods of `condlora train`: real PEFT LoRA, CondLoRA, their one-side-frozen variants, full, head.
 
-* `lora`, `lora-frozen-a`: the `peft` library's `LoraConfig` + `get_peft_model` (the baseline). For
-  frozen A, PEFT's A is replaced by the same seeded orthonormal draw this library's frozen-A LoRA uses
-  (`layers.draw_matrix(r, d_in, "orthogonal", module_seed(seed, name))`) and frozen; only B and the head train.
-* `condlora`, `condlora-frozen-a`: `condlora.apply_adapter` (one shared generator per module type).
+* `lora`, `lora-frozen-a`, `lora-frozen-b`: the `peft` library's `LoraConfig` + `get_peft_model` (the
+  baseline). For a frozen side, PEFT's matrix is replaced by the same seeded orthonormal draw this library's
+  LoRA uses (`layers.init_pair`) and frozen: frozen A = `draw_matrix(r, d_in, "orthogonal", module_seed(seed,
+  name))`, B zero; frozen B = `draw_matrix(d_out, r, "orthogonal", module_seed(seed, name, "B"))`, A zero.
+* `condlora`, `condlora-frozen-a`, `condlora-frozen-b`: `condlora.apply_adapter` (one shared generator per
+  module type) in the form `cond_form` asks for; `condlora-general`: CondLoRA in the general form always.
 * `full`: every weight trains. `head`: only the classification head trains.
+
+Every method trains the same classification head (`head`: "dense" or "linear", see
+`models.head_module_names`); adapters save it (and any frozen head module around it) with the adapter.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -22,48 +28,68 @@ from ..inject import apply_adapter, linear_names
 from ..io import PREFIX as PEFT_PREFIX
 from ..io import export_peft_lora, save_adapter, write_safetensors
 from ..layers import draw_matrix, module_seed
-from .models import head_module_names
+from .models import head_module_names, head_save_names
 
-METHODS = ("lora", "condlora", "lora-frozen-a", "condlora-frozen-a", "full", "head")
-ADAPTER_METHODS = METHODS[:4]
+METHODS = ("lora", "condlora", "lora-frozen-a", "condlora-frozen-a", "lora-frozen-b", "condlora-frozen-b",
+           "condlora-general", "full", "head")
+ADAPTER_METHODS = METHODS[:7]
+LORA_FROZEN = {"lora": None, "lora-frozen-a": "A", "lora-frozen-b": "B"}
+CONDLORA_SIDES = {"condlora": (True, True), "condlora-frozen-a": (False, True), "condlora-frozen-b": (True, False),
+                  "condlora-general": (True, True)}  # (train_a, train_b)
 
 
 def setup_method(model: nn.Module, method: str, r: int, alpha: float, dropout: float,
-                 target_modules: list[str], seed: int, cond_form: str = "auto") -> nn.Module:
+                 target_modules: list[str], seed: int, cond_form: str = "auto", head: str = "dense") -> nn.Module:
     """Prepare `model` for `method`: add the adapter and set exactly the trainable parameters.
 
     `cond_form` is CondLoRA's form ("auto", "paper" or "general"; see `AdapterConfig`); LoRA ignores it.
+    `head` is the trainable classification head ("dense" or "linear"; see `models.head_module_names`).
     """
-    heads = head_module_names(model)
-    if method in ("lora", "lora-frozen-a"):
-        return _peft_lora(model, r, alpha, dropout, target_modules, heads, seed, frozen_a=method != "lora")
-    if method in ("condlora", "condlora-frozen-a"):
+    heads, saved = head_module_names(model, head), head_save_names(model, head)
+    if method in LORA_FROZEN:
+        model = _peft_lora(model, r, alpha, dropout, target_modules, saved, seed, LORA_FROZEN[method])
+    elif method in CONDLORA_SIDES:
+        train_a, train_b = CONDLORA_SIDES[method]
+        form = "general" if method == "condlora-general" else cond_form
         cfg = AdapterConfig(method="condlora", r=r, alpha=alpha, dropout=dropout, target_modules=target_modules,
-                            cond_form=cond_form, train_a=method == "condlora", seed=seed, modules_to_save=heads)
-        return apply_adapter(model, cfg)
-    if method == "full":
+                            cond_form=form, train_a=train_a, train_b=train_b, seed=seed, modules_to_save=saved)
+        model = apply_adapter(model, cfg)
+    elif method == "full":
         return model.requires_grad_(True)
-    if method != "head":
+    elif method == "head":
+        freeze_all_but_head(model, head)
+        return model
+    else:
         raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
-    freeze_all_but_head(model)
+    _train_only_head(model, heads, saved)
     return model
 
 
-def freeze_all_but_head(model: nn.Module) -> list[str]:
-    """Freeze every parameter except the classification head's; returns the head's module names."""
-    heads = head_module_names(model)
+def freeze_all_but_head(model: nn.Module, head: str = "linear") -> list[str]:
+    """Freeze every parameter except the classification head's; returns the head's module names.
+
+    The default `linear` keeps what `condlora bench` has always measured; `condlora train` passes its --head.
+    """
+    heads = head_module_names(model, head)
     for name, p in model.named_parameters():
-        p.requires_grad_(name.split(".")[0] in heads)
+        p.requires_grad_(is_head_param(name, heads))
     return heads
 
 
+def _train_only_head(model: nn.Module, heads: list[str], saved: list[str]) -> None:
+    """Of the saved head modules (and PEFT's trainable copies), only the parameters of `heads` train."""
+    for name, p in model.named_parameters():
+        if p.requires_grad and (".modules_to_save." in name or _under(_base_name(name), saved)):
+            p.requires_grad_(_under(_base_name(name), heads))
+
+
 def _peft_lora(model: nn.Module, r: int, alpha: float, dropout: float, target_modules: list[str],
-               heads: list[str], seed: int, frozen_a: bool) -> nn.Module:
+               saved: list[str], seed: int, frozen: str | None) -> nn.Module:
     require("peft", "method 'lora' (real PEFT LoRA)", "peft")
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(task_type="SEQ_CLS", r=r, lora_alpha=alpha, lora_dropout=dropout,
-                        target_modules=list(target_modules), modules_to_save=heads, bias="none")
+                        target_modules=list(target_modules), modules_to_save=list(saved), bias="none")
     try:
         with warnings.catch_warnings():  # peft 0.21 asks transformers 5 a deprecated property; harmless
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -71,23 +97,40 @@ def _peft_lora(model: nn.Module, r: int, alpha: float, dropout: float, target_mo
     except ValueError as e:
         raise ConfigError(f"peft could not apply LoRA with target_modules {target_modules} ({str(e).split('.')[0]}); "
                           f"linear modules in this model: {', '.join(linear_names(model))}") from None
-    if frozen_a:
+    if frozen is not None:
         for name, module in model.named_modules():
-            lora_a = getattr(module, "lora_A", None)
+            lora_a, lora_b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
             if isinstance(lora_a, nn.ModuleDict) and "default" in lora_a:
-                weight = lora_a["default"].weight
-                base_name = name.removeprefix(PEFT_PREFIX)
-                draw = draw_matrix(weight.shape[0], weight.shape[1], "orthogonal", module_seed(seed, base_name))
-                with torch.no_grad():
-                    weight.copy_(draw.to(weight.dtype))
-                weight.requires_grad_(False)
+                _freeze_side(lora_a["default"].weight, lora_b["default"].weight, frozen, seed,
+                             name.removeprefix(PEFT_PREFIX))
     return model
 
 
+def _freeze_side(a: torch.Tensor, b: torch.Tensor, frozen: str, seed: int, name: str) -> None:
+    """Set one PEFT LoRA pair like `layers.init_pair`: the `frozen` side drawn and frozen, the other as LoRA's."""
+    with torch.no_grad():
+        if frozen == "A":  # B stays PEFT's zero
+            a.copy_(draw_matrix(a.shape[0], a.shape[1], "orthogonal", module_seed(seed, name)).to(a.dtype))
+            a.requires_grad_(False)
+        else:
+            b.copy_(draw_matrix(b.shape[0], b.shape[1], "orthogonal", module_seed(seed, name, "B")).to(b.dtype))
+            a.zero_()
+            b.requires_grad_(False)
+
+
+def _base_name(name: str) -> str:
+    """A parameter's name in the base model: PEFT's prefix and wrapper levels removed."""
+    name = name.removeprefix(PEFT_PREFIX)
+    return re.sub(r"\.(modules_to_save\.[^.]+|original_module)(?=\.)", "", name)
+
+
+def _under(name: str, modules: list[str]) -> bool:
+    return any(name == m or name.startswith(f"{m}.") for m in modules)
+
+
 def is_head_param(name: str, heads: list[str]) -> bool:
-    """Whether parameter `name` belongs to the classification head (PEFT's modules_to_save copy included)."""
-    parts = name.removeprefix(PEFT_PREFIX).split(".")
-    return parts[0] in heads or "modules_to_save" in parts
+    """Whether parameter `name` belongs to the head modules `heads` (PEFT's modules_to_save copy included)."""
+    return _under(_base_name(name), heads)
 
 
 def parameter_counts(model: nn.Module, heads: list[str]) -> dict[str, int]:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from ..errors import CondLoRAError
+from ..errors import CondLoRAError, ConfigError
 
 MINILM = "minilm"
 ROBERTA_RANDOM = "roberta-base-random"
@@ -70,12 +70,58 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
         raise _load_error(path, e) from None
 
 
-def head_module_names(model: nn.Module) -> list[str]:
-    """Names of the classification head's top-level modules ('classifier', 'score', 'pre_classifier', ...)."""
-    names = [n for n, _ in model.named_children() if n in ("classifier", "score", "pre_classifier")]
-    if not names:
+HEADS = ("dense", "linear")
+HEAD_CHILDREN = ("pre_classifier", "classifier", "score")  # top-level head modules of transformers' classifiers
+
+
+def head_module_names(model: nn.Module, head: str = "dense") -> list[str]:
+    """Module paths of the trainable classification head of `model` for the `head` setting.
+
+    `dense` (the paper's RoBERTa-like head, dense + tanh + output): the top-level head modules
+    ('classifier', 'score', 'pre_classifier') plus the base model's pooler where there is one (BERT's
+    `bert.pooler` dense + tanh feeds `classifier`). RoBERTa: `classifier` (dense + out_proj); DistilBERT:
+    `pre_classifier` + `classifier`. `linear`: only the final output layer (BERT `classifier`, RoBERTa
+    `classifier.out_proj`, DistilBERT `classifier`).
+    """
+    if head not in HEADS:
+        raise ConfigError(f"head must be one of {', '.join(HEADS)}; got {head!r}")
+    top = [n for n, _ in model.named_children() if n in HEAD_CHILDREN]
+    if not top:
         raise CondLoRAError(f"cannot find a classification head in {type(model).__name__}")
-    return names
+    if head == "linear":
+        return [_output_layer(model, top)]
+    return top + _pooler_names(model)
+
+
+def head_save_names(model: nn.Module, head: str = "dense") -> list[str]:
+    """Head modules saved with an adapter: the trainable ones plus any frozen head module around them.
+
+    A frozen part of the head (RoBERTa's `classifier.dense` under `linear`) may be randomly initialized,
+    so it is saved too; nested names are dropped (PEFT wraps whole modules).
+    """
+    names = head_module_names(model, head) + [n for n, _ in model.named_children() if n in HEAD_CHILDREN]
+    return [n for n in dict.fromkeys(names) if not any(n.startswith(f"{m}.") for m in names)]
+
+
+def _output_layer(model: nn.Module, top: list[str]) -> str:
+    """Path of the final output layer: the last linear layer of 'classifier' / 'score'."""
+    name = next((n for n in top if n != "pre_classifier"), top[-1])
+    module = model.get_submodule(name)
+    linears = [n for n, m in module.named_modules() if isinstance(m, nn.Linear)]
+    if not linears or not linears[-1]:
+        return name
+    return f"{name}.{linears[-1]}"
+
+
+def _pooler_names(model: nn.Module) -> list[str]:
+    """The base model's pooler (BERT, ALBERT) or a top-level one (DeBERTa), if it has weights."""
+    modules = dict(model.named_modules())
+    prefix = getattr(model, "base_model_prefix", "")
+    for name in (f"{prefix}.pooler", "pooler"):
+        module = modules.get(name)
+        if module is not None and next(module.parameters(), None) is not None:
+            return [name]
+    return []
 
 
 @contextlib.contextmanager

@@ -1,8 +1,9 @@
 """`train(cfg)`: one fine-tuning run on one GLUE task with the paper's protocol.
 
 Protocol: GLUE train shuffled with split seed 1, its first 10% validate (model selection), the rest
-trains; the official dev set is the test set. AdamW, linear schedule with warmup, evaluation once per
-epoch (or every `eval_every` steps), the best checkpoint by validation score is tested.
+trains; the official dev set is the test set. AdamW, linear schedule with warmup over `epochs`, evaluation
+once per epoch (or every `eval_every` steps), early stopping after `patience` evaluations without a better
+validation score, and the best checkpoint by validation score is tested.
 
 The loop runs unchanged under `torchrun` and `accelerate launch`: `accelerate.Accelerator` splits each
 batch across processes, gathers predictions, and only the main process writes files. A run resumes
@@ -23,7 +24,8 @@ import torch
 
 from .. import __version__
 from ..errors import CondLoRAError, ConfigError
-from ..fileio import append_jsonl, existing_dir, read_jsonl, write_json, write_text
+from ..fileio import append_jsonl, read_jsonl, write_json, write_text
+from .batching import epoch_order
 from .checkpoint import CHECKPOINT_DIR, load_checkpoint, load_trainable, save_checkpoint
 from .data import Encoded, GlueData, load_glue, subsample
 from .distributed import check_distributed
@@ -31,71 +33,16 @@ from .files import load_files, task_record
 from .methods import parameter_counts, save_best, setup_method, trainable_state
 from .metrics import compute_metrics
 from .models import head_module_names, load_classifier, load_tokenizer, quiet_loading
-from .train_config import NEW_FIELD_DEFAULTS, TrainConfig
+from .rundir import check_output_dir, clear_run_files, versions
+from .train_config import TrainConfig
 
-RUN_FILES = ("config.json", "metrics.jsonl", "results.json", CHECKPOINT_DIR, "best_adapter", "best_adapter_peft",
-             "best_model", "best_head", f".{CHECKPOINT_DIR}.old")
+EARLY_STOP_STATE = {"bad_evals": 0, "stopped_early": False}
 
-__all__ = ["TrainConfig", "TrainingDiverged", "train"]
+__all__ = ["TrainConfig", "TrainingDiverged", "train", "versions"]
 
 
 class TrainingDiverged(CondLoRAError):
     """The loss became NaN or infinite."""
-
-
-def versions() -> dict[str, str]:
-    """Versions of Python and of every library that shapes a result."""
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version(), "condlora": __version__}
-    for pkg in ("torch", "transformers", "peft", "accelerate", "tokenizers", "safetensors", "numpy",
-                "scikit-learn", "scipy", "optuna", "datasets"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
-def _check_output_dir(cfg: TrainConfig, out: Path) -> dict | None:
-    """Refuse a folder holding another run; return the results of an identical finished run."""
-    if out.exists() and not out.is_dir():
-        raise CondLoRAError(f"output folder {out} is a file")
-    if cfg.overwrite or not out.exists():
-        return None
-    config_file = out / "config.json"
-    if not config_file.is_file():
-        if any(out.iterdir()):
-            raise CondLoRAError(f"output folder {out} is not empty and holds no condlora run; "
-                                "choose another --output-dir or pass --overwrite")
-        return None
-    try:
-        old = json.loads(config_file.read_text(encoding="utf-8")).get("run", {})
-    except json.JSONDecodeError:
-        old = {}
-    new = json.loads(json.dumps(cfg.run_dict()))
-    if old:  # a setting added after that run was written had its default then
-        old = {**{k: v for k, v in NEW_FIELD_DEFAULTS.items() if k in new}, **old}
-    if old != new:
-        diff = next((k for k in new if old.get(k) != new[k]), "run")
-        raise CondLoRAError(f"output folder {out} holds a different run ({diff}: {old.get(diff)!r} there, "
-                            f"{new.get(diff)!r} now); pass --overwrite to replace it or choose another folder")
-    if (out / "results.json").is_file():
-        return json.loads((out / "results.json").read_text(encoding="utf-8"))
-    if existing_dir(out / CHECKPOINT_DIR) is not None and not cfg.resume:
-        raise CondLoRAError(f"output folder {out} holds an unfinished run of this config; "
-                            "pass --resume to continue it or --overwrite to start again")
-    return None
-
-
-def _clear_run_files(out: Path) -> None:
-    for name in RUN_FILES:
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
 
 
 def _require_extras() -> None:
@@ -155,7 +102,7 @@ class Run:
                                           self.total_steps)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.state = {"step": 0, "best_score": None, "best_step": 0, "best_val": {}, "train_time_s": 0.0,
-                      "examples": 0, "wall_time_s": 0.0, "loss_sum": 0.0, "loss_count": 0}
+                      "examples": 0, "wall_time_s": 0.0, "loss_sum": 0.0, "loss_count": 0, **EARLY_STOP_STATE}
         self.best = self.snapshot()
         self._perm_epoch, self._perm = -1, []
         self.checkpoint_step = 0
@@ -171,10 +118,10 @@ class Run:
             tokenizer.pad_token = tokenizer.eos_token
         if getattr(model.config, "pad_token_id", None) is None:
             model.config.pad_token_id = tokenizer.pad_token_id
-        self.heads = head_module_names(model)
+        self.heads = head_module_names(model, cfg.head)
         base_params = sum(p.numel() for p in model.parameters())
         model = setup_method(model, cfg.method, cfg.r, cfg.alpha, cfg.dropout, cfg.target_modules, cfg.seed,
-                             cfg.cond_form)
+                             cfg.cond_form, cfg.head)
         self.counts = {**parameter_counts(model, self.heads), "base": base_params}
         return tokenizer, model
 
@@ -201,11 +148,12 @@ class Run:
         return {k: v.detach().cpu().clone() for k, v in trainable_state(self.unwrapped).items()}
 
     def batch_indices(self, step: int) -> list[int]:
-        """This process's share of the global batch of `step` (a seeded permutation per epoch)."""
+        """This process's share of the global batch of `step` (a seeded order per epoch, see `epoch_order`)."""
         epoch, pos = divmod(step, self.steps_per_epoch)
         if epoch != self._perm_epoch:
-            gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
-            self._perm, self._perm_epoch = torch.randperm(len(self.train_enc), generator=gen).tolist(), epoch
+            self._perm = epoch_order(self.train_enc.lengths, self.cfg.batch_size, self.cfg.seed, epoch,
+                                     self.cfg.group_by_length)
+            self._perm_epoch = epoch
         idx = self._perm[pos * self.cfg.batch_size:(pos + 1) * self.cfg.batch_size]
         return idx[self.acc.process_index::self.acc.num_processes] or idx[-1:]
 
@@ -256,16 +204,20 @@ class Run:
         return out if self.task.is_regression else out.astype(np.int64)
 
     def evaluate(self) -> dict:
-        """Validation metrics now; keeps the best weights; appends one record to metrics.jsonl."""
+        """Validation metrics now (one metrics.jsonl record); keeps the best weights; counts toward patience."""
         metrics = compute_metrics(self.task, self.predict(self.val_enc), self.val_enc.labels.numpy())
         score, st = metrics[self.task.metric], self.state
         improved = st["best_score"] is None or score > st["best_score"]
         if improved:
-            st.update(best_score=score, best_step=st["step"], best_val=metrics)
+            st.update(best_score=score, best_step=st["step"], best_val=metrics, bad_evals=0)
             self.best = self.snapshot()
+        else:
+            st["bad_evals"] += 1
+        patience_out = self.cfg.patience is not None and st["bad_evals"] >= self.cfg.patience
+        st["stopped_early"] = patience_out and st["step"] < self.total_steps
         record = {"step": st["step"], "epoch": round(st["step"] / self.steps_per_epoch, 4),
                   "lr": self.scheduler.get_last_lr()[0], "val": metrics, "val_score": score, "best": improved,
-                  "train_loss": st["loss_sum"] / max(1, st["loss_count"])}
+                  "bad_evals": st["bad_evals"], "train_loss": st["loss_sum"] / max(1, st["loss_count"])}
         st.update(loss_sum=0.0, loss_count=0)
         if self.acc.is_main_process:
             append_jsonl(self.out / "metrics.jsonl", record)
@@ -291,6 +243,7 @@ class Run:
                 (self.out / "metrics.jsonl").unlink(missing_ok=True)
             return
         self.state, self.best = loaded
+        self.state = {**EARLY_STOP_STATE, **self.state}  # checkpoints written before early stopping existed
         self.checkpoint_step = self.state["step"]
         self.session_start = time.perf_counter()
         records = [r for r in read_jsonl(self.out / "metrics.jsonl") if r["step"] <= self.state["step"]]
@@ -300,14 +253,14 @@ class Run:
             print(f"resuming from step {self.state['step']} of {self.total_steps}")
 
     def loop(self, on_step: Callable[[int], None] | None = None) -> None:
-        """Train until the last step, evaluating and checkpointing on schedule."""
+        """Train until the last step or an early stop, evaluating and checkpointing on schedule."""
         from tqdm.auto import tqdm
 
         cfg, st = self.cfg, self.state
         bar = tqdm(total=self.total_steps, initial=st["step"], unit="step", dynamic_ncols=True,
                    desc=f"{cfg.task} {cfg.method}", disable=cfg.quiet or not self.acc.is_main_process)
         self.model.train()
-        while st["step"] < self.total_steps:
+        while st["step"] < self.total_steps and not st["stopped_early"]:
             t0 = time.perf_counter()
             loss, n = self.train_step(st["step"])
             st["train_time_s"] += time.perf_counter() - t0
@@ -355,7 +308,10 @@ class Run:
             "base_params": self.counts["base"],
             "examples_per_sec": st["examples"] / max(st["train_time_s"], 1e-9), "train_time_s": st["train_time_s"],
             "wall_time_s": self.wall_time(), "best_step": st["best_step"], "total_steps": self.total_steps,
-            "epochs": cfg.epochs, "train_size": len(self.train_enc), "val_size": len(self.val_enc),
+            "epochs": cfg.epochs, "epochs_run": round(st["step"] / self.steps_per_epoch, 4), "steps_run": st["step"],
+            "stopped_early": st["stopped_early"], "patience": cfg.patience, "head": cfg.head,
+            "head_modules": self.heads, "group_by_length": cfg.group_by_length,
+            "train_size": len(self.train_enc), "val_size": len(self.val_enc),
             "test_size": sum(len(e) for e in self.test_encs.values()),
             "num_processes": self.acc.num_processes, "library_version": __version__, **task_record(self.task),
         }
@@ -369,7 +325,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
     """
     out = Path(cfg.output_dir)
     accelerator = _accelerator(cfg)
-    done = _check_output_dir(cfg, out)
+    done = check_output_dir(cfg, out)
     if done is not None:
         if not cfg.quiet and accelerator.is_main_process:
             print(f"{cfg.task} {cfg.method}: this run is already complete (val {done['val_score']:.4f}, test "
@@ -377,7 +333,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
         return done
     if accelerator.is_main_process:
         if cfg.overwrite:
-            _clear_run_files(out)
+            clear_run_files(out)
         elif not cfg.resume:
             (out / "metrics.jsonl").unlink(missing_ok=True)
     accelerator.wait_for_everyone()
@@ -393,5 +349,6 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
     if not cfg.quiet and accelerator.is_main_process:
         test = "no test file" if results["test_score"] is None else f"test {results['test_score']:.4f}"
         print(f"{cfg.task} {cfg.method}: val {results['metric']} {results['val_score']:.4f}, {test} "
-              f"(best step {results['best_step']}); wrote {out}")
+              f"(best step {results['best_step']}{', stopped early' if results.get('stopped_early') else ''}); "
+              f"wrote {out}")
     return results

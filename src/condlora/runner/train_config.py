@@ -11,11 +11,12 @@ from ..config import COND_FORMS
 from ..errors import ConfigError
 from .files import DATA_FIELDS, configure_data
 from .methods import METHODS
+from .models import HEADS
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 NOT_RUN_FIELDS = ("quiet", "resume", "overwrite", "trust_remote_code")
 # Run settings added after runs were first written, with the value those older runs had.
-NEW_FIELD_DEFAULTS = {"cond_form": "auto"}
+NEW_FIELD_DEFAULTS = {"cond_form": "auto", "head": "linear", "patience": None, "group_by_length": False}
 
 
 @dataclass
@@ -25,7 +26,8 @@ class TrainConfig:
     Attributes:
         task: cola sst2 mrpc stsb qqp mnli qnli rte (case-insensitive; GLUE folder names like SST-2 accepted);
             with train_file, the own data's task name.
-        method: lora (real PEFT) | condlora | lora-frozen-a | condlora-frozen-a | full | head.
+        method: lora (real PEFT) | condlora | lora-frozen-a | condlora-frozen-a | lora-frozen-b |
+            condlora-frozen-b | condlora-general (CondLoRA, general form whatever cond_form says) | full | head.
         model: alias (`minilm`, offline), local folder or hub id.
         output_dir: run folder (config.json, metrics.jsonl, results.json, checkpoint/, best adapter).
         glue_dir: GLUE TSV folder; default $CONDLORA_GLUE_DIR, else the hub via `datasets`.
@@ -35,7 +37,7 @@ class TrainConfig:
             and main metric (accuracy, f1, mcc, pearson, spearman; default accuracy or pearson).
         data_sha256: set from the files (role -> SHA-256), so a run on changed files is another run.
         seed: seed of model init, adapter init, data order and dropout (the 90/10 split always uses seed 1).
-        epochs: training epochs (fractions allowed).
+        epochs: training epochs (fractions allowed); the most epochs when `patience` is set.
         lr: peak learning rate of AdamW.
         batch_size: global batch size (split across processes).
         max_length: token limit per example (pair).
@@ -46,6 +48,10 @@ class TrainConfig:
         warmup_ratio: share of steps with linear warmup.
         weight_decay: AdamW weight decay.
         eval_every: steps between evaluations; None = once per epoch.
+        head: trainable classification head of every method: dense (the paper's RoBERTa-like dense + tanh +
+            output; BERT: classifier + pooler) or linear (the final output layer only).
+        patience: stop after this many evaluations without a better validation score; None = never.
+        group_by_length: batches of similar lengths (shuffled mega-batches of 50 batches sorted by length).
         save_every: steps between extra checkpoints; None = at each evaluation only.
         pad_to_max_length: pad every batch to max_length (the paper's setting) instead of dynamic padding.
         precision: fp32, or bf16 / fp16 autocast (GPU only); None takes accelerate's own setting
@@ -83,6 +89,9 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0
     eval_every: int | None = None
+    head: str = "dense"
+    patience: int | None = None
+    group_by_length: bool = False
     save_every: int | None = None
     pad_to_max_length: bool = False
     precision: str | None = None
@@ -99,6 +108,8 @@ class TrainConfig:
             raise ConfigError(f"cond_form must be one of {', '.join(COND_FORMS)}; got {self.cond_form!r}")
         if self.precision is None:
             self.precision = accelerate_precision()
+        if self.head not in HEADS:
+            raise ConfigError(f"head must be one of {', '.join(HEADS)}; got {self.head!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         if isinstance(self.target_modules, str):
@@ -106,12 +117,12 @@ class TrainConfig:
         for name in ("epochs", "lr", "alpha", "dropout", "warmup_ratio", "weight_decay"):
             _check_number(name, getattr(self, name), float)
         for name in ("batch_size", "max_length", "r", "max_train_samples", "max_eval_samples", "eval_every",
-                     "save_every", "seed"):
+                     "save_every", "seed", "patience"):
             value = getattr(self, name)
             if value is not None or name in ("batch_size", "max_length", "r", "seed"):
                 _check_number(name, value, int)
         for name in ("epochs", "lr", "alpha", "batch_size", "max_length", "r", "max_train_samples",
-                     "max_eval_samples", "eval_every", "save_every"):
+                     "max_eval_samples", "eval_every", "save_every", "patience"):
             value = getattr(self, name)
             if value is not None and not (0 < value < math.inf):
                 raise ConfigError(f"{name} must be positive, got {value!r}")
