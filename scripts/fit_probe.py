@@ -98,7 +98,8 @@ def build(variant: str, model_name: str, num_labels: int, seed: int) -> torch.nn
     r, variant = (int(rank.group(2)), rank.group(1)) if rank else (8, variant)
     method = "lora" if variant == "lora" else "condlora"
     form = "general" if variant == "condlora-general" else "auto"
-    model = setup_method(model, method, r, float(r), 0.0, ["query", "value"], seed, form)
+    # the classifier-only head the recorded probe ran with (docs/results.md)
+    model = setup_method(model, method, r, float(r), 0.0, ["query", "value"], seed, form, head="linear")
     if method == "lora":
         return model
     scale = re.fullmatch(r"condlora-ascale([0-9.]+)", variant)

@@ -1,34 +1,26 @@
 #!/usr/bin/env bash
-# Install condlora and run the main job: the paper's GLUE study (LoRA via real PEFT vs CondLoRA) on the real
-# all-MiniLM-L6-v2 weights and the real GLUE files, at the CPU-sized settings recorded in docs/results.md:
-# an Optuna grid over three learning rates per task x method (best on validation), then 3 seeds, paired t-tests,
-# Tables 2, 3 and 4. Two worker processes share the work on disjoint tasks (WORKERS=1 for one); a last call
-# reuses every finished run and writes the tables. Resumable: run it again after an interruption.
-# Environment: CONDLORA_GLUE_DIR (default ../shared/data/glue), OUT (default runs/study), WORKERS (default 2),
-# EXTRA (more flags for every call).
+# Install condlora and run the main job: the converged GLUE study on the real all-MiniLM-L6-v2 weights.
+# Rows: PEFT LoRA (the reference), CondLoRA in the paper's form and in the general form, the same head for
+# every method (--head dense: MiniLM's pooler + classifier, like roberta-base's classification head).
+# Tasks: RTE, MRPC, STS-B, CoLA, SST-2 (SST-2 on a fixed 8,000-example subsample of its training part).
+# Every run trains up to 8 epochs with early stopping on validation (patience 2 epochs), length-grouped
+# batches; the learning rate is chosen per task x method on validation from a grid.
+#   part (a): the three rows, 3 seeds;  part (b): LoRA and the better CondLoRA form extended to 5 seeds.
+# Then Table 2 (mean ± 95% CI, paired Δ with CI, t and Wilcoxon p, verdicts), Tables 3 and 4, plots and
+# Figure 1 on the LoRA adapters. Two worker processes share the tasks; a progress line every 30 s.
+# Resumable: run it again after an interruption; finished runs are reused.
+# Environment: CONDLORA_GLUE_DIR (default ../shared/data/glue; without that folder GLUE comes from the hub),
+# OUT (default runs/converged), WORKERS (default 2), EXTRA (more flags for every call).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-GLUE=${CONDLORA_GLUE_DIR:-$(cd .. && pwd)/shared/data/glue}
-OUT=${OUT:-runs/study}
-study() {
-  condlora study --methods lora,condlora --seeds 3 --lr-grid 1e-3,2e-3,5e-3 --model minilm --glue-dir "$GLUE" \
-    --epochs 2 --max-train-samples 2500 --max-eval-samples 400 --max-length 96 --output-dir "$OUT" "$@" ${EXTRA:-}
-}
-if [ "${WORKERS:-2}" -ge 2 ]; then
-  mkdir -p "$OUT"
-  OMP_NUM_THREADS=1 study --tasks rte,cola --quiet >"$OUT/worker-rte-cola.log" 2>&1 & first=$!
-  OMP_NUM_THREADS=1 study --tasks mrpc,stsb --quiet >"$OUT/worker-mrpc-stsb.log" 2>&1 & second=$!
-  echo "two workers training (logs: $OUT/worker-*.log); this takes about 1.5-2 hours on 2 CPU cores"
-  # progress line every 30 s (trainings done/planned, each worker's current run, ETA) until both workers end
-  OMP_NUM_THREADS=1 condlora study --status --watch 30 --output-dir "$OUT" & watcher=$!
-  trap 'kill "$watcher" 2>/dev/null || true' EXIT
-  wait "$first" || { tail -n 5 "$OUT/worker-rte-cola.log"; exit 1; }
-  wait "$second" || { tail -n 5 "$OUT/worker-mrpc-stsb.log"; exit 1; }
-  kill "$watcher" 2>/dev/null || true
-  wait "$watcher" 2>/dev/null || true
-  condlora study --status --output-dir "$OUT"
-fi
-study --tasks rte,mrpc,stsb,cola
-echo "tables: $OUT/table2.md $OUT/table3.md $OUT/table4.md"
+source scripts/study-common.sh
+OUT=${OUT:-runs/converged}
+METHODS=lora,condlora,condlora-general
+
+run_part "$METHODS" 3                                 # part (a)
+better=$(condlora_better_form "$OUT")                 # condlora or condlora-general, by Table 2's average
+echo "the better CondLoRA form on these tasks: $better; extending it and LoRA to 5 seeds"
+run_part "lora,$better" 5                             # part (b)
+study --tasks "$ALL_TASKS" --methods "$METHODS" --seeds 3 --quiet   # tables over every seed on disk
+echo "tables: $OUT/table2.md $OUT/table3.md $OUT/table4.md $OUT/figure1.md"

@@ -1,0 +1,66 @@
+# Shared by scripts/main.sh and scripts/asymmetry.sh: the study's protocol, the GLUE source, the workers.
+# shellcheck shell=bash
+GLUE=${CONDLORA_GLUE_DIR:-$(cd .. && pwd)/shared/data/glue}
+if [ -d "$GLUE" ]; then
+  DATA=(--glue-dir "$GLUE")
+  export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
+  echo "GLUE data: the local TSV files in $GLUE"
+else
+  DATA=()
+  ${PYTHON:-python3} -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[data]"
+  echo "GLUE data: no folder at $GLUE; reading nyu-mll/glue from the Hugging Face hub (datasets)"
+fi
+ALL_TASKS=rte,mrpc,stsb,cola,sst2
+# worker 1 and worker 2 take disjoint tasks of about equal cost (tokens per epoch)
+WORKER_TASKS=(rte,cola,sst2 mrpc,stsb)
+PROTOCOL=(--model minilm --head dense --epochs 8 --patience 2 --group-by-length --max-length 128
+          --batch-size 16 --max-train-samples 8000 --max-eval-samples 2000 --lr-grid 1e-3,2e-3,5e-3)
+
+study() {
+  condlora study "${PROTOCOL[@]}" "${DATA[@]}" --output-dir "$OUT" "$@" ${EXTRA:-}
+}
+
+# run_part METHODS SEEDS: every task, one study call per task (so each task's runs finish together), on
+# two workers; a progress line every 30 s until both are done.
+run_part() {
+  local methods=$1 seeds=$2 pids=() w
+  mkdir -p "$OUT"
+  for w in "${!WORKER_TASKS[@]}"; do
+    [ "${WORKERS:-2}" -ge 2 ] || [ "$w" -eq 0 ] || break
+    local tasks=${WORKER_TASKS[$w]}
+    [ "${WORKERS:-2}" -ge 2 ] || tasks=$ALL_TASKS
+    (
+      for t in ${tasks//,/ }; do
+        OMP_NUM_THREADS=${THREADS:-1} study --tasks "$t" --methods "$methods" --seeds "$seeds" --quiet
+      done
+    ) >>"$OUT/worker-$w.log" 2>&1 &
+    pids+=($!)
+  done
+  echo "training $methods, seeds 0-$((seeds - 1)) (logs: $OUT/worker-*.log)"
+  OMP_NUM_THREADS=1 condlora study --status --watch 30 --output-dir "$OUT" & local watcher=$!
+  local failed=0
+  for w in "${!pids[@]}"; do
+    wait "${pids[$w]}" || { failed=1; tail -n 5 "$OUT/worker-$w.log"; }
+  done
+  kill "$watcher" 2>/dev/null || true
+  wait "$watcher" 2>/dev/null || true
+  condlora study --status --output-dir "$OUT"
+  [ "$failed" -eq 0 ] || exit 1
+}
+
+# condlora_better_form OUT: the CondLoRA form with the higher average test score over the study's runs
+condlora_better_form() {
+  ${PYTHON:-python3} - "$1" <<'PY'
+import json, sys
+from pathlib import Path
+from statistics import mean
+
+scores = {}
+for path in Path(sys.argv[1], "runs").glob("*/*/seed*/results.json"):
+    r = json.loads(path.read_text())
+    scores.setdefault(r["method"], {}).setdefault(r["task"], []).append(r["test_score"])
+avg = {m: mean(mean(v) for v in by_task.values()) for m, by_task in scores.items()
+       if m in ("condlora", "condlora-general")}
+print(max(avg, key=avg.get) if avg else "condlora")
+PY
+}
