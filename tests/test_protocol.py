@@ -287,3 +287,17 @@ def test_help_lists_the_new_flags(capsys):
     for word in ("--head", "--patience", "--group-by-length", "lora-frozen-b", "condlora-frozen-b",
                  "condlora-general"):
         assert word in text, word
+
+
+@pytest.mark.slow
+def test_minilm_alias_records_its_hub_id_in_adapters_and_exports(tmp_path):
+    from condlora import export_peft_lora, save_adapter
+    from condlora.runner.models import load_classifier
+
+    model = apply_adapter(load_classifier("minilm", num_labels=2), AdapterConfig(r=2))
+    save_adapter(model, tmp_path / "ours")
+    export_peft_lora(model, tmp_path / "peft")
+    for folder in ("ours", "peft"):
+        cfg = json.loads((tmp_path / folder / "adapter_config.json").read_text())
+        name = cfg.get("base_model_name_or_path") or cfg["condlora"]["base_model_name_or_path"]
+        assert name == "sentence-transformers/all-MiniLM-L6-v2"

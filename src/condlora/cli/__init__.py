@@ -15,7 +15,7 @@ from ..errors import CondLoRAError
 
 COMMANDS = {
     "train": ("condlora.cli.train", "fine-tune one model on a GLUE task or own data files (LoRA, CondLoRA, ...)"),
-    "study": ("condlora.cli.study", "the paper's study: LR search, seeds, paired t-test, Tables 2 and 4"),
+    "study": ("condlora.cli.study", "the paper's study: LR search, seeds, CIs and paired tests, Tables 2, 3 and 4"),
     "analyze": ("condlora.cli.analyze", "conversion matrices, subspace similarity heatmaps and Table 3"),
     "bench": ("condlora.cli.bench", "training/inference speed and memory against real PEFT LoRA"),
     "export": ("condlora.cli.export", "write a condlora adapter as a plain PEFT LoRA adapter"),

