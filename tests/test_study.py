@@ -452,6 +452,8 @@ def test_end_to_end_with_real_training(tmp_path, capsys):
     assert all(0.0 <= float(v) <= 1.0 for r in table3[1:] for v in r.split(",")[1:])
     assert len((tmp_path / "s" / "table3_layers.csv").read_text().splitlines()) == 1 + 4  # 2 layers x q, v
     assert (tmp_path / "s" / "table3.png").stat().st_size > 0
+    figure1 = (tmp_path / "s" / "figure1.csv").read_text().splitlines()  # the runner's real peft LoRA adapter
+    assert [r.split(",")[:4] for r in figure1[1:]] == [["rte", m, k, "1"] for m in ("query", "value") for k in "AB"]
     assert all((tmp_path / "s" / f).stat().st_size > 0 for f in ("table2_seeds.png", "table2_curves.png"))
     # 2 search trials per method; seed 0 is the best trial, copied: 4 trainings planned and done
     assert "4/4 trainings done (100%) · no worker running" in status_line(tmp_path / "s")

@@ -118,5 +118,6 @@ def main(args: argparse.Namespace) -> int:
         return 0
     print(record["tables"])
     print(f"wrote {Path(s.output_dir) / 'study.json'}, table2.md/.csv, {', '.join(record['figures'])}, "
-          "table4.md/.csv" + (", table3.md/.csv/.png" if "Table 3:" in record["tables"] else ""))
+          "table4.md/.csv" + (", table3.md/.csv/.png" if "Table 3:" in record["tables"] else "")
+          + (", figure1.md/.csv and figure1_*.png" if "Figure 1 (" in record["tables"] else ""))
     return 0

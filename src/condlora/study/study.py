@@ -4,7 +4,8 @@ t-test and Wilcoxon p, verdicts, sanity gate), 3 and 4, figures, and study.json.
 
 Layout under --output-dir: `search/optuna.db` (the default Optuna storage), `search/<task>/<method>/trial<k>`,
 `runs/<task>/<method>/seed<k>`, `progress/<worker>.json`, `study.json`, `table2.{md,csv}` with `table2.png`,
-`table2_seeds.png`, `table2_curves.png`, `table3.*`, `table4.{md,csv}`. Re-running skips finished runs and continues
+`table2_seeds.png`, `table2_curves.png`, `table3.*`, `table4.{md,csv}`, `figure1.{md,csv}` with
+`figure1_<task>_<type>_<A|B>.png`. Re-running skips finished runs and continues
 unfinished searches; the tables use every finished seed found on disk, so adding seeds is one more call. Several
 workers (processes or machines) can share one search through `--storage URL` (any Optuna RDB URL).
 """
@@ -51,6 +52,7 @@ PRESETS = {"paper": {(t, m): lr for t, lrs in PAPER_LR.items()
 PASS_THROUGH = ("model", "glue_dir", "epochs", "batch_size", "max_length", "max_train_samples",
                 "max_eval_samples", "r", "alpha", "target_modules", "cond_form", "head", "patience",
                 "group_by_length", "trust_remote_code")
+FIGURE1_METHOD = "lora"  # whose adapters Figure 1 analyses (study/figure1.py)
 SEEDS_HELP = ("a count N (seeds 0..N-1) or a list of seeds and ranges: 3,4,5 or 3-5 or 0-2,7 (one seed: 7-7); "
               "finished seeds are reused, so --seeds 5 after --seeds 3 trains seeds 3 and 4 only")
 
@@ -274,7 +276,21 @@ def write_outputs(s: StudySettings, record: dict[str, Any], cached: dict[str, fl
             table3 = write_study_table3(out, s.tasks, seeds, str(s.run_args.get("model", "minilm")),
                                         trust_remote_code=bool(s.run_args.get("trust_remote_code")))
         record["tables"] += "\n" + (table3 or "")
+    if FIGURE1_METHOD in s.methods:
+        record["tables"] += _figure1(s, runs)
     return record
+
+
+def _figure1(s: StudySettings, runs: list[dict[str, Any]]) -> str:
+    """Figure 1 (figure1.md/.csv/.png) from the reference LoRA's best adapters; its markdown, or ''."""
+    from ..runner.models import quiet_loading
+    from .figure1 import write_study_figure1
+
+    seeds = sorted({r["seed"] for r in runs if r["method"] == FIGURE1_METHOD})
+    with quiet_loading(s.quiet):
+        md = write_study_figure1(s.output_dir, s.tasks, seeds, str(s.run_args.get("model", "minilm")),
+                                 FIGURE1_METHOD, bool(s.run_args.get("trust_remote_code")))
+    return "\n" + md if md else ""
 
 
 def run_study(s: StudySettings, run_fn: RunFn = train_run) -> dict[str, Any]:
