@@ -83,3 +83,25 @@ def ids():
     """A fixed batch of token ids."""
     g = torch.Generator().manual_seed(123)
     return torch.randint(1, 100, (3, 12), generator=g)
+
+
+def moved_after_sgd(model, ids, steps: int = 3, lr: float = 10.0) -> tuple[set[str], dict]:
+    """Names of the parameters that changed after `steps` high-LR SGD steps on `ids`, and their values before."""
+    model.train()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
+    for _ in range(steps):
+        loss = model(input_ids=ids, labels=torch.tensor([0, 1, 1])).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}, before
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (and do not fight other processes for the cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -18,7 +18,7 @@ from condlora import (
     unmerge_adapter,
 )
 from condlora.layers import base_weight
-from conftest import MODELS, logits, tiny_bert, tiny_gpt2, tiny_llama
+from conftest import MODELS, logits, moved_after_sgd, tiny_bert, tiny_gpt2, tiny_llama
 
 VARIANTS = [("lora", True), ("lora", False), ("condlora", True), ("condlora", False)]
 
@@ -96,17 +96,9 @@ def test_only_adapter_and_head_move(method, train_a, ids):
     model = apply_adapter(tiny_bert(), AdapterConfig(method=method, r=4, train_a=train_a,
                                                      modules_to_save=["classifier"]))
     perturb(model)  # with B = 0, A's first gradients are too small to move it in fp32
-    model.train()
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=10.0)
-    for _ in range(3):
-        loss = model(input_ids=ids, labels=torch.tensor([0, 1, 1])).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    moved, before = moved_after_sgd(model, ids)
     for n, p in model.named_parameters():
-        moved = not torch.equal(p, before[n])
-        assert moved == p.requires_grad, n
+        assert (n in moved) == p.requires_grad, n
     frozen_a = [n for n, p in model.named_parameters() if ("lora_A" in n or "theta_A" in n) and not train_a]
     assert all(torch.equal(dict(model.named_parameters())[n], before[n]) for n in frozen_a)
 

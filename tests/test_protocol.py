@@ -26,12 +26,7 @@ TARGETS = ["query", "value"]
 IDS = torch.tensor([[2, 7, 9, 11, 13, 3], [2, 20, 21, 22, 3, 0]])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (conftest.py)
 
 
 @pytest.fixture(scope="module")

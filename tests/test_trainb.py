@@ -22,7 +22,7 @@ from condlora import (
 )
 from condlora.io import read_config
 from condlora.layers import base_weight, draw_matrix, module_seed, set_fast_path
-from conftest import MODELS, logits, tiny_bert, tiny_llama
+from conftest import MODELS, logits, moved_after_sgd, tiny_bert, tiny_llama
 
 METHODS = ["lora", "condlora"]
 BERT_QV = [f"bert.encoder.layer.{i}.attention.self.{m}" for i in (0, 1) for m in ("query", "value")]
@@ -102,15 +102,7 @@ def test_identity_at_init_then_differs(arch, method, ids):
 @pytest.mark.parametrize("method", METHODS)
 def test_only_a_and_head_move(method, ids):
     model = a_only(tiny_bert, method, modules_to_save=["classifier"])
-    model.train()
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=10.0)
-    for _ in range(3):
-        loss = model(input_ids=ids, labels=torch.tensor([0, 1, 1])).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    moved, before = moved_after_sgd(model, ids)
     assert moved == {n for n, p in model.named_parameters() if p.requires_grad}
     assert all("lora_A" in n or "theta_A" in n or n.startswith("classifier.") for n in moved)
     assert all(torch.equal(p, before[n]) for n, p in frozen_b(model).items())

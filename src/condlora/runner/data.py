@@ -25,8 +25,24 @@ GLUE_DIR_ENV = "CONDLORA_GLUE_DIR"
 SCORE_RANGE = (0.0, 5.0)  # STS-B similarity scores
 
 
+class TaskLabels:
+    """`num_labels` and `is_regression` of a task from its `labels` (None for regression)."""
+
+    labels: tuple | None
+
+    @property
+    def num_labels(self) -> int:
+        """Classifier outputs: 1 for regression."""
+        return 1 if self.labels is None else len(self.labels)
+
+    @property
+    def is_regression(self) -> bool:
+        """True when the labels are scores (STS-B, own float labels)."""
+        return self.labels is None
+
+
 @dataclass(frozen=True)
-class GlueTask:
+class GlueTask(TaskLabels):
     """One GLUE task: where its files are, which columns hold texts and label, its labels and metric.
 
     Attributes:
@@ -52,16 +68,6 @@ class GlueTask:
     test_files: dict[str, str] = field(default_factory=lambda: {"dev": "dev.tsv"})
     header: bool = True
     n_columns: int = 0
-
-    @property
-    def num_labels(self) -> int:
-        """Classifier outputs: 1 for regression."""
-        return 1 if self.labels is None else len(self.labels)
-
-    @property
-    def is_regression(self) -> bool:
-        """True for STS-B."""
-        return self.labels is None
 
 
 BINARY = ("0", "1")

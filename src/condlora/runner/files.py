@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CondLoRAError, ConfigError
-from .data import TASKS, Examples, GlueData, get_task, split_train
+from .data import TASKS, Examples, GlueData, TaskLabels, get_task, split_train
 
 FORMATS = {".csv": ",", ".tsv": "\t", ".jsonl": None, ".json": None}
 ROLES = {"train": "train_file", "validation": "validation_file", "test": "test_file"}
@@ -42,7 +42,7 @@ QUOTING_HINT = ('fields that start with " must end with " (write "" for a quote 
 
 
 @dataclass(frozen=True)
-class FileTask:
+class FileTask(TaskLabels):
     """A task read from own files; drives the model head and metrics as a `GlueTask` does.
 
     Attributes:
@@ -60,16 +60,6 @@ class FileTask:
     labels: tuple | None
     metric: str
     files: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def num_labels(self) -> int:
-        """Classifier outputs: 1 for regression."""
-        return 1 if self.labels is None else len(self.labels)
-
-    @property
-    def is_regression(self) -> bool:
-        """True when the labels are scores."""
-        return self.labels is None
 
     @property
     def extra_metrics(self) -> tuple[str, ...]:
