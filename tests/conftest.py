@@ -105,3 +105,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+class Killed(Exception):
+    """Raised by `kill_at` to stop a training run mid-way, as a crash would."""
+
+
+def kill_at(step: int):
+    """An `on_step` hook for `train` that raises `Killed` after optimizer step `step`."""
+    def hook(s: int) -> None:
+        if s == step:
+            raise Killed
+
+    return hook

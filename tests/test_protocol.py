@@ -19,7 +19,7 @@ from condlora.runner.batching import epoch_order
 from condlora.runner.methods import METHODS, setup_method
 from condlora.runner.models import head_module_names, head_save_names
 from condlora.runner.train import TrainConfig, train
-from conftest import logits, tiny_bert, tiny_distilbert, tiny_roberta
+from conftest import Killed, kill_at, logits, tiny_bert, tiny_distilbert, tiny_roberta
 from glue_fixtures import make_tiny_model_dir, write_glue
 
 TARGETS = ["query", "value"]
@@ -170,16 +170,6 @@ def test_new_methods_save_their_best_adapter(tiny, tmp_path, method):
 
 # ---- early stopping -----------------------------------------------------------------------------------------
 
-class Killed(Exception):
-    pass
-
-
-def kill_at(step: int):
-    def hook(s: int) -> None:
-        if s == step:
-            raise Killed
-
-    return hook
 
 
 STOP = dict(epochs=4, lr=1e-12, patience=2, group_by_length=True, seed=4)  # lr 1e-12: validation never improves

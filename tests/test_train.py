@@ -18,6 +18,7 @@ from condlora.cli import main as cli_main
 from condlora.errors import CondLoRAError
 from condlora.layers import draw_matrix, module_seed
 from condlora.runner.train import TrainConfig, TrainingDiverged, train
+from conftest import Killed, kill_at
 from glue_fixtures import make_tiny_model_dir, real_glue_dir, write_glue, write_tsv
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -142,16 +143,6 @@ def test_stsb_regression_and_mnli_parts(tiny, tmp_path):
     assert set(res["test_metrics"]) == {"accuracy", "matched_accuracy", "mismatched_accuracy"}
 
 
-class Killed(Exception):
-    pass
-
-
-def kill_at(step: int):
-    def hook(s: int) -> None:
-        if s == step:
-            raise Killed
-
-    return hook
 
 
 @pytest.mark.parametrize("method", ["condlora", "lora"])

@@ -130,14 +130,18 @@ class GlueData:
         return Examples.concat(list(self.test_parts.values()))
 
 
-def _decode_lines(path: Path) -> list[str]:
+def decode_utf8(path: Path) -> str:
+    """The text of `path` (a UTF-8 BOM dropped); a clear error naming the line of an invalid byte."""
     raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise CondLoRAError(f"{path} line {line}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-    return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+
+
+def _decode_lines(path: Path) -> list[str]:
+    return [line[:-1] if line.endswith("\r") else line for line in decode_utf8(path).split("\n")]
 
 
 def _parse_label(task: GlueTask, value: str, where: str) -> int | float:

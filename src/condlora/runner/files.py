@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CondLoRAError, ConfigError
-from .data import TASKS, Examples, GlueData, TaskLabels, get_task, split_train
+from .data import TASKS, Examples, GlueData, TaskLabels, decode_utf8, get_task, split_train
 
 FORMATS = {".csv": ",", ".tsv": "\t", ".jsonl": None, ".json": None}
 ROLES = {"train": "train_file", "validation": "validation_file", "test": "test_file"}
@@ -90,12 +90,7 @@ class Table:
 def _decode(path: Path) -> str:
     if not path.is_file():
         raise CondLoRAError(f"{path}: file not found")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise CondLoRAError(f"{path} line {line}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    text = decode_utf8(path)
     if not text.strip():
         raise CondLoRAError(f"{path} line 1: the file is empty")
     return text
