@@ -19,6 +19,7 @@ EPILOG = """examples:
   (same flags) --seeds 5-9        # seeds 5..9 only (e.g. on a second machine); the tables use every seed found
   condlora study --status --output-dir runs/study   # one line: trainings done/planned, current runs, ETA
   condlora study --status --watch 30 --output-dir runs/study   # that line every 30 s until the workers finish
+  condlora study --status --report partial.md --output-dir runs/study   # + what has finished so far, as markdown
   condlora study --lr-search 20 --seeds 5 --output-dir runs/study        # resumable; re-run to continue
   condlora study --lr-grid 5e-4,1e-3,2e-3,5e-3 --output-dir runs/study   # every LR; seed 0 reuses its trial
 
@@ -44,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "running worker trains, ETA from the mean wall time of finished runs) and exit")
     p.add_argument("--watch", type=float, metavar="SECONDS",
                    help="with --status: print that line every SECONDS until the running workers have finished")
+    p.add_argument("--report", metavar="FILE.md",
+                   help="with --status: also write a markdown report of every finished training so far (runs, LR "
+                        "search per task x method, seed means at the chosen LR); with --watch, rewritten every tick")
     lr = p.add_mutually_exclusive_group()
     lr.add_argument("--lr-search", type=int, metavar="N_TRIALS",
                     help="Optuna TPE search over LR in --lr-range (log), N_TRIALS per task x method")
@@ -98,18 +102,34 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
                          run_args=run_args)
 
 
+def status(args: argparse.Namespace) -> int:
+    """--status: print the progress line (every --watch seconds), writing the --report file with each line."""
+    from ..study.progress import status_line, watch
+    from ..study.report import check_target, write_report
+
+    if args.watch is not None and args.watch <= 0:
+        raise ConfigError(f"--watch must be > 0 seconds, got {args.watch}")
+    if args.report is not None:
+        check_target(args.output_dir, args.report)
+
+    def show(line: str) -> None:
+        print(line, flush=True)
+        if args.report is not None:
+            write_report(args.output_dir, args.report, line)
+
+    if args.watch is None:
+        show(status_line(args.output_dir))
+    else:
+        watch(args.output_dir, args.watch, show)
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     """Run the study and print the tables (or, with --status, print its progress)."""
     if args.status or args.watch is not None:
-        from ..study.progress import status_line, watch
-
-        if args.watch is not None:
-            if args.watch <= 0:
-                raise ConfigError(f"--watch must be > 0 seconds, got {args.watch}")
-            watch(args.output_dir, args.watch, lambda line: print(line, flush=True))
-        else:
-            print(status_line(args.output_dir))
-        return 0
+        return status(args)
+    if args.report is not None:
+        raise ConfigError("--report needs --status (it reports on a study, it does not run one)")
     s = settings_from_args(args)
     record = run_study(s)
     if s.search_only:

@@ -87,7 +87,7 @@ class Progress:
         self._write()
 
 
-def _union_plan(recs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+def union_plan(recs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
     """(task, method) -> {n_trials, seeds, reused} over every worker's plan."""
     plan: dict[tuple[str, str], dict[str, Any]] = {}
     for rec in recs:
@@ -150,7 +150,7 @@ def study_status(out_dir: str | Path, now: float | None = None) -> dict[str, Any
     """Planned and done trainings, live workers (with their current run), the ETA (s; None when unknown)."""
     out, now = Path(out_dir), time.time() if now is None else now
     recs = read_progress(out)
-    counts = {pair: _pair_counts(out, *pair, e) for pair, e in _union_plan(recs).items()}
+    counts = {pair: _pair_counts(out, *pair, e) for pair, e in union_plan(recs).items()}
     walls = _wall_times(out)
     every = [w for ws in walls.values() for w in ws]
     live = [r for r in recs if r["alive"]]
