@@ -19,6 +19,7 @@ import condlora
 from condlora import cli
 from condlora.errors import CondLoRAError, ConfigError
 from condlora.study.progress import status_line
+from condlora.study.search import next_lr, search_grid
 from condlora.study.study import PAPER_LR, StudySettings, run_once, run_study, search_lr
 from condlora.study.tables import paired_ttest
 from test_stats import t975, t_two_sided_p
@@ -240,6 +241,29 @@ def test_grid_lr_that_diverges_scores_minus_inf(tmp_path):
                   grid=[2e-3, 5e-3])
 
 
+def test_next_lr_steps_past_the_edge_where_the_best_lr_sits():
+    grid = [1e-3, 2e-3, 5e-3]
+    assert next_lr(1e-3, grid) == 5e-4  # 1e-3 * 1e-3 / 2e-3
+    assert next_lr(5e-3, grid) == 1.25e-2  # 5e-3 * 5e-3 / 2e-3
+    assert next_lr(2e-3, grid) is None and next_lr(1e-3, [1e-3]) is None
+
+
+def test_grid_is_extended_while_the_best_lr_sits_at_an_edge(tmp_path):
+    db = f"sqlite:///{tmp_path / 'optuna.db'}"
+    first, again = FakeRun(), FakeRun()
+    # val_of peaks at 10**-3.5 ~ 3.2e-4, below the grid: 1e-3 wins, then 5e-4, then 2.5e-4 (the 2nd and last step)
+    res = search_grid("mrpc", "lora", {}, [1e-3, 2e-3, 5e-3], db, tmp_path, run_fn=first)
+    assert [c["lr"] for c in first.calls] == [1e-3, 2e-3, 5e-3, 5e-4, 2.5e-4]
+    assert [c["output_dir"][-6:] for c in first.calls[3:]] == ["trial3", "trial4"]
+    assert (res["lr"], res["extended"], res["n_complete"]) == (2.5e-4, [5e-4, 2.5e-4], 5)
+    assert res["grid"] == [1e-3, 2e-3, 5e-3]
+    assert search_grid("mrpc", "lora", {}, [1e-3, 2e-3, 5e-3], db, tmp_path, run_fn=again) == res  # resumes
+    assert again.calls == []
+    inside = FakeRun()
+    res = search_grid("rte", "lora", {}, [1e-4, 3e-4, 1e-3], db, tmp_path, run_fn=inside)
+    assert res["lr"] == 3e-4 and res["extended"] == [] and len(inside.calls) == 3
+
+
 def test_tpe_search_stays_in_lr_range(tmp_path):
     fake = FakeRun()
     db = f"sqlite:///{tmp_path / 'optuna.db'}"
@@ -250,8 +274,11 @@ def test_tpe_search_stays_in_lr_range(tmp_path):
 def test_study_with_grid(tmp_path):
     fake = FakeRun()
     record = run_study(settings(tmp_path, tasks="rte", lr_preset=None, lr_grid="1e-4,3e-4", seeds=3), run_fn=fake)
-    assert len(fake.calls) == 2 * 2 + 2 * 2  # 2 grid LRs, then seeds 1 and 2 (seed 0 is the best trial)
+    # 2 grid LRs; the best (3e-4) sits at the top edge, so 9e-4 is tried too and loses; then seeds 1 and 2
+    # (seed 0 is the best trial)
+    assert len(fake.calls) == 2 * 3 + 2 * 2
     assert {record["lr"]["rte"][m]["lr"] for m in ("lora", "condlora")} == {3e-4}
+    assert record["lr"]["rte"]["lora"]["extended"] == [9e-4]
     assert (tmp_path / "study" / "search.png").exists() and (tmp_path / "study" / "table2.md").exists()
 
 

@@ -53,7 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                     help="Optuna TPE search over LR in --lr-range (log), N_TRIALS per task x method")
     lr.add_argument("--lr-grid", metavar="LR,LR,...",
                     help="try every LR of this list per task x method (Optuna study of enqueued trials); "
-                         "the best on validation is used")
+                         "the best on validation is used. Where it sits at an edge of the list, the grid is "
+                         "extended past that edge by the edge's own step (e.g. 1e-3,2e-3 -> 5e-4), two LRs at most")
     lr.add_argument("--lr-preset", choices=sorted(PRESETS),
                     help="learning rates hard-coded in the authors' scripts (LoRA and CondLoRA only)")
     p.add_argument("--lr", type=float, help="fixed LR for every run, or the fallback where the preset has none")

@@ -21,6 +21,7 @@ from .runs import RunFn, run_once, train_run
 __all__ = ["LR_RANGE", "parse_lrs", "search_lr"]
 
 LR_RANGE = (1e-5, 3e-3)
+MAX_EXTEND = 2  # LRs a grid search adds past its edges when the best LR sits at one
 # run arguments that may differ between workers or re-runs of one study
 NOT_IDENTITY = ("quiet", "glue_dir", "trust_remote_code")
 
@@ -111,12 +112,14 @@ def _summary(study, task: str, method: str) -> dict[str, Any]:
 def search_lr(task: str, method: str, base_cfg: dict[str, Any], n_trials: int, storage: str,
               output_dir: str | Path, run_fn: RunFn | None = None, seed: int = 0, progress=None,
               heartbeat: int = 60, poll_s: float = 5.0, catch: tuple[type[Exception], ...] | None = None,
-              lr_range: tuple[float, float] = LR_RANGE, grid: Sequence[float] | None = None) -> dict[str, Any]:
+              lr_range: tuple[float, float] = LR_RANGE, grid: Sequence[float] | None = None,
+              extra: Sequence[float] = ()) -> dict[str, Any]:
     """Search the LR maximizing the validation score: TPE (log-uniform in `lr_range`), or every LR of `grid`.
 
     Resumable and shareable: the study lives in `storage`; every worker calling this with the same arguments
     adds trials until `n_trials` (with a grid: one per grid LR) are complete in total. In a TPE search a trial
     raising `catch` (default: a diverged training) fails and is replaced; in a grid it scores -inf.
+    `extra`: LRs tried after the grid's in the same search (`search_grid` extends a grid past its edge).
     Returns the best LR, its score, the run folder of the best trial and every trial.
     """
     import optuna
@@ -126,12 +129,13 @@ def search_lr(task: str, method: str, base_cfg: dict[str, Any], n_trials: int, s
         run_fn = train_run
 
     grid = sorted(set(grid)) if grid else None
-    lo, hi = (grid[0], grid[-1]) if grid else lr_range
-    n_trials = len(grid) if grid else n_trials
+    queue = [*grid, *(lr for lr in extra if lr not in grid)] if grid else []
+    lo, hi = (min(queue), max(queue)) if grid else lr_range
+    n_trials = len(queue) if grid else n_trials
     space = {"lr_grid": grid} if grid else {"lr_range": list(lr_range)}
     study = _open_study(task, method, base_cfg, _storage(storage, heartbeat), seed, space)
     catch = _diverged_errors() if catch is None else catch
-    for lr in grid or ():
+    for lr in queue:
         study.enqueue_trial({"lr": lr}, skip_if_exists=True)
     root = Path(output_dir) / "search" / task / method
     live = (TrialState.COMPLETE, TrialState.RUNNING)
@@ -154,6 +158,33 @@ def search_lr(task: str, method: str, base_cfg: dict[str, Any], n_trials: int, s
 
     _optimize(study, objective, n_trials, catch, poll_s, progress, f"{task}/{method}", root)
     return _summary(study, task, method)
+
+
+def next_lr(best: float, lrs: Sequence[float]) -> float | None:
+    """The LR one grid step past the edge where `best` sits (the step of the two edge LRs), else None."""
+    lrs = sorted(lrs)
+    if len(lrs) < 2 or lrs[0] < best < lrs[-1]:
+        return None
+    a, b = (lrs[0], lrs[1]) if best == lrs[0] else (lrs[-1], lrs[-2])
+    return float(f"{a * a / b:.3g}")
+
+
+def search_grid(task: str, method: str, base_cfg: dict[str, Any], grid: Sequence[float], storage: str,
+                output_dir: str | Path, run_fn: RunFn | None = None, max_extend: int = MAX_EXTEND,
+                **kwargs: Any) -> dict[str, Any]:
+    """`search_lr` over `grid`, extended one LR at a time while the best sits at an edge (`max_extend` at most).
+
+    Resumes like `search_lr`: LRs added by an earlier call are found again, in the same order.
+    """
+    extra: list[float] = []
+    while True:
+        found = search_lr(task, method, base_cfg, 0, storage, output_dir, run_fn, grid=grid, extra=extra, **kwargs)
+        trials = sorted((t for t in found["trials"] if t["lr"] is not None), key=lambda t: t["number"])
+        extra = list(dict.fromkeys(t["lr"] for t in trials if t["lr"] not in grid))  # also an earlier call's
+        step = next_lr(found["lr"], [*grid, *extra])
+        if step is None or len(extra) >= max_extend or step in extra:
+            return {**found, "grid": sorted(set(grid)), "extended": extra}
+        extra.append(step)
 
 
 def _run_trial(trial, cfg: dict[str, Any], run_fn: RunFn, diverged: tuple[type[Exception], ...]) -> float:

@@ -26,7 +26,7 @@ from ..fileio import replace_dir, write_json
 from .plots import plot_search, write_plots
 from .progress import Progress
 from .runs import RunFn, finished_run, found_runs, run_config, run_once, same_run, train_run
-from .search import LR_RANGE, NOT_IDENTITY, parse_lrs, search_lr
+from .search import LR_RANGE, NOT_IDENTITY, parse_lrs, search_grid, search_lr
 from .stats import trivial_baseline
 from .tables import METHOD_LABELS, TASK_LABELS, paired_ttest, settings_line, write_tables
 
@@ -206,8 +206,11 @@ def choose_lr(task: str, method: str, s: StudySettings, base_cfg: dict[str, Any]
     if s.searched:
         storage = s.storage or f"sqlite:///{Path(s.output_dir).resolve() / 'search' / 'optuna.db'}"
         Path(s.output_dir, "search").mkdir(parents=True, exist_ok=True)
+        if s.lr_grid:  # the grid grows past an edge where the best LR sits
+            return search_grid(task, method, base_cfg, s.lr_grid, storage, s.output_dir, run_fn,
+                               seed=s.search_seed, progress=progress)
         return search_lr(task, method, base_cfg, s.n_trials, storage, s.output_dir, run_fn,
-                         seed=s.search_seed, progress=progress, lr_range=s.lr_range, grid=s.lr_grid)
+                         seed=s.search_seed, progress=progress, lr_range=s.lr_range)
     if s.lr_preset and (task, method) in PRESETS[s.lr_preset]:
         return {"lr": PRESETS[s.lr_preset][(task, method)], "source": f"preset {s.lr_preset}"}
     if s.lr is not None:
