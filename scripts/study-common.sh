@@ -37,14 +37,17 @@ run_part() {
     pids+=($!)
   done
   echo "training $methods, seeds 0-$((seeds - 1)) (logs: $OUT/worker-*.log)"
-  OMP_NUM_THREADS=1 condlora study --status --watch 30 --output-dir "$OUT" & local watcher=$!
+  # every 30 s: a progress line here, and $OUT/partial.md with every training finished so far
+  OMP_NUM_THREADS=1 condlora study --status --watch 30 --report "$OUT/partial.md" --output-dir "$OUT" &
+  local watcher=$! start=$SECONDS
   local failed=0
   for w in "${!pids[@]}"; do
     wait "${pids[$w]}" || { failed=1; tail -n 5 "$OUT/worker-$w.log"; }
   done
   kill "$watcher" 2>/dev/null || true
   wait "$watcher" 2>/dev/null || true
-  condlora study --status --output-dir "$OUT"
+  condlora study --status --report "$OUT/partial.md" --output-dir "$OUT"
+  echo "$methods, seeds 0-$((seeds - 1)): $(( (SECONDS - start) / 60 )) min"
   [ "$failed" -eq 0 ] || exit 1
 }
 
