@@ -212,3 +212,13 @@ def test_nothing_to_train_is_a_config_error():
 def test_bad_values_name_the_field(field, value):
     with pytest.raises(ConfigError, match=field):
         AdapterConfig(**{field: value})
+
+
+def test_resuming_into_an_adapter_that_trains_the_other_matrix_is_refused(tmp_path):
+    from condlora.errors import AdapterLoadError
+    from condlora.hf import load_adapter_state
+
+    save_adapter(apply_adapter(tiny_bert(), AdapterConfig(method="lora", r=4)), tmp_path / "both")
+    a_only = apply_adapter(tiny_bert(), AdapterConfig(method="lora", r=4, train_b=False))
+    with pytest.raises(AdapterLoadError, match="differs from this model's in train_b"):
+        load_adapter_state(a_only, tmp_path / "both")

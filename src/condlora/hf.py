@@ -21,7 +21,8 @@ from .io import CONFIG_NAME, WEIGHTS_NAME, load_adapter_weights, read_config, re
 from .io import save_adapter as _save_adapter
 
 # Fields that change what a loaded adapter computes; a checkpoint must agree on them to resume.
-MATCHING_FIELDS = ("method", "r", "alpha", "dropout", "train_a", "modules_to_save", "module_types", "fingerprint")
+MATCHING_FIELDS = ("method", "r", "alpha", "dropout", "train_a", "train_b", "modules_to_save", "module_types",
+                   "fingerprint")
 # PEFT task types by model class name suffix (encoder-decoder "ForConditionalGeneration" handled apart).
 TASK_SUFFIXES = (
     ("ForSequenceClassification", "SEQ_CLS"),
