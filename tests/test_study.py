@@ -487,3 +487,17 @@ def test_end_to_end_with_real_training(tmp_path, capsys):
     mtimes = sorted(p.stat().st_mtime_ns for p in (tmp_path / "s").rglob("results.json"))
     assert cli.main(args) == 0  # re-run: every run and search is reused
     assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "s").rglob("results.json")) == mtimes
+
+
+def test_seeds_of_an_lr_the_study_no_longer_uses_are_moved_aside(tmp_path):
+    first, second = FakeRun(), FakeRun()
+    run_study(settings(tmp_path, tasks="rte", methods="lora", lr_preset=None, lr=1e-4, seeds=2), run_fn=first)
+    runs = tmp_path / "study" / "runs" / "rte" / "lora"
+    (runs / "seed1" / "results.json").unlink()  # seed 1 was still training at the old LR
+    with pytest.warns(UserWarning, match="held a run at lr=0.0001, not the chosen lr=0.0003"):
+        record = run_study(settings(tmp_path, tasks="rte", methods="lora", lr_preset=None, lr=3e-4, seeds=2),
+                           run_fn=second)
+    assert [c["lr"] for c in second.calls] == [3e-4, 3e-4]
+    assert sorted(d.name for d in runs.iterdir()) == ["seed0", "seed0-lr0.0001", "seed1", "seed1-lr0.0001"]
+    assert json.loads((runs / "seed0-lr0.0001" / "results.json").read_text())["lr"] == 1e-4
+    assert {r["lr"] for r in record["runs"]} == {3e-4} and len(record["runs"]) == 2

@@ -73,3 +73,22 @@ def run_config(run_dir: str | Path) -> dict[str, Any] | None:
         return json.loads(Path(run_dir, "config.json").read_text(encoding="utf-8"))["run"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
         return None
+
+
+def set_aside_other_lr(cfg: dict[str, Any]) -> Path | None:
+    """Move cfg's run folder aside (to `<folder>-lr<old LR>`) when it holds a run, finished or not, at another LR.
+
+    A study's chosen LR can change after seeds were trained (a grid extended past its edge, a search given more
+    trials); those seeds are kept beside the new ones, out of the tables. Returns where they went, if moved.
+    """
+    run_dir = Path(cfg["output_dir"])
+    old = (run_config(run_dir) or {}).get("lr")
+    if old is None or math.isclose(float(old), cfg["lr"], rel_tol=1e-9):
+        return None
+    dst, k = run_dir.with_name(f"{run_dir.name}-lr{old:g}"), 1
+    while dst.exists():
+        dst, k = run_dir.with_name(f"{run_dir.name}-lr{old:g}-{k}"), k + 1
+    run_dir.rename(dst)
+    warnings.warn(f"{run_dir} held a run at lr={old:g}, not the chosen lr={cfg['lr']:g}; moved it to {dst.name}",
+                  stacklevel=2)
+    return dst

@@ -25,7 +25,7 @@ from ..errors import CondLoRAError, ConfigError
 from ..fileio import replace_dir, write_json
 from .plots import plot_search, write_plots
 from .progress import Progress
-from .runs import RunFn, finished_run, found_runs, run_config, run_once, same_run, train_run
+from .runs import RunFn, finished_run, found_runs, run_config, run_once, same_run, set_aside_other_lr, train_run
 from .search import LR_RANGE, NOT_IDENTITY, parse_lrs, search_grid, search_lr
 from .stats import trivial_baseline
 from .tables import METHOD_LABELS, TASK_LABELS, paired_ttest, settings_line, write_tables
@@ -183,6 +183,7 @@ def run_seeds(task: str, method: str, lr: float, base_cfg: dict[str, Any], seeds
     for seed in parse_seeds(seeds):
         cfg = {**base_cfg, "task": task, "method": method, "seed": seed, "lr": lr,
                "output_dir": str(Path(output_dir) / "runs" / task / method / f"seed{seed}")}
+        set_aside_other_lr(cfg)  # seeds of an LR the study no longer uses
         _copy_finished_run((reuse or {}).get(seed), cfg)
         results.append({**run_once(cfg, run_fn), "task": task, "method": method, "seed": seed})
         if progress is not None:
