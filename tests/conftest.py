@@ -118,3 +118,13 @@ def kill_at(step: int):
             raise Killed
 
     return hook
+
+
+def perturb(model, side: str = "B") -> None:
+    """Make every trainable `side` matrix (lora_B / theta_B, or lora_A / theta_A) non-zero, so the adapter
+    changes the output; generated matrices scale with W0 (std 0.02 here), hence the larger theta draw."""
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if f"lora_{side}" in name or f"theta_{side}" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * (0.3 if f"lora_{side}" in name else 5.0))

@@ -18,18 +18,11 @@ from condlora import (
     unmerge_adapter,
 )
 from condlora.layers import base_weight
-from conftest import MODELS, logits, moved_after_sgd, tiny_bert, tiny_gpt2, tiny_llama
+from conftest import MODELS, logits, moved_after_sgd, perturb, tiny_bert, tiny_gpt2, tiny_llama
 
 VARIANTS = [("lora", True), ("lora", False), ("condlora", True), ("condlora", False)]
 
 
-def perturb(model):
-    """Make every trainable adapter matrix non-zero so the adapter changes the output."""
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name or "theta_B" in name:  # generated B scales with W0 (std 0.02 here)
-                p.copy_(torch.randn(p.shape, generator=g) * (0.3 if "lora_B" in name else 5.0))
 
 
 @pytest.mark.parametrize("arch", sorted(MODELS))

@@ -22,7 +22,7 @@ from condlora import (
 )
 from condlora.io import read_config
 from condlora.layers import base_weight, draw_matrix, module_seed, set_fast_path
-from conftest import MODELS, logits, moved_after_sgd, tiny_bert, tiny_llama
+from conftest import MODELS, logits, moved_after_sgd, perturb, tiny_bert, tiny_llama
 
 METHODS = ["lora", "condlora"]
 BERT_QV = [f"bert.encoder.layer.{i}.attention.self.{m}" for i in (0, 1) for m in ("query", "value")]
@@ -35,13 +35,6 @@ def a_only(build, method, targets=("query", "value"), **kw):
                                                 **kw))
 
 
-def perturb_a(model):
-    """Make every trainable A / Θ_A non-zero so the adapter changes the output."""
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_A" in name or "theta_A" in name:  # generated A scales with W0 (std 0.02 here)
-                p.copy_(torch.randn(p.shape, generator=g) * (0.3 if "lora_A" in name else 5.0))
 
 
 def frozen_b(model):
@@ -95,7 +88,7 @@ def test_identity_at_init_then_differs(arch, method, ids):
     model = a_only(build, method, targets)
     assert all(p.abs().sum() > 0 for p in frozen_b(model).values())
     assert torch.equal(logits(model, ids), logits(base, ids))
-    perturb_a(model)
+    perturb(model, "A")
     assert not torch.allclose(logits(model, ids), logits(base, ids), atol=1e-5, rtol=1e-3)
 
 
@@ -111,7 +104,7 @@ def test_only_a_and_head_move(method, ids):
 @pytest.mark.parametrize("method", METHODS)
 def test_fast_path_gradients_match_reference(method, ids):
     model = a_only(tiny_bert, method)
-    perturb_a(model)
+    perturb(model, "A")
     grads = []
     for fast in (True, False):
         set_fast_path(model, fast)
@@ -126,7 +119,7 @@ def test_fast_path_gradients_match_reference(method, ids):
 @pytest.mark.parametrize("method", METHODS)
 def test_round_trip_under_a_different_seed(tmp_path, method, ids):
     model = a_only(tiny_bert, method, modules_to_save=["classifier"])
-    perturb_a(model)
+    perturb(model, "A")
     with torch.no_grad():
         model.classifier.weight.add_(1.0)
         for n, p in model.named_parameters():
@@ -149,7 +142,7 @@ def test_round_trip_under_a_different_seed(tmp_path, method, ids):
 
 def test_config_saved_before_train_b_loads_with_defaults(tmp_path, ids):
     model = apply_adapter(tiny_bert(), AdapterConfig(method="lora", r=4))
-    perturb_a(model)
+    perturb(model, "A")
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:
@@ -172,7 +165,7 @@ def test_export_loads_in_real_peft(tmp_path, arch, method, ids):
     build, targets = MODELS[arch]
     save = ["classifier"] if arch in ("bert", "roberta", "distilbert") else None
     model = a_only(build, method, targets, modules_to_save=save)
-    perturb_a(model)
+    perturb(model, "A")
     expected = logits(model, ids)
     export_peft_lora(model, tmp_path)
     torch.manual_seed(1234)
@@ -185,7 +178,7 @@ def test_export_loads_in_real_peft(tmp_path, arch, method, ids):
 def test_merge_equivalence(arch, method, ids):
     build, targets = MODELS[arch]
     model = a_only(build, method, targets)
-    perturb_a(model)
+    perturb(model, "A")
     before = {n: base_weight(layer.base).clone() for n, layer in adapter_layers(model)}
     deltas = {n: layer.delta_weight().detach().clone() for n, layer in adapter_layers(model)}
     assert all(d.abs().sum() > 0 for d in deltas.values())
