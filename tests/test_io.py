@@ -15,8 +15,8 @@ from condlora import (
     load_adapter,
     save_adapter,
 )
-from conftest import MODELS, logits, tiny_bert, tiny_llama
-from test_layers import VARIANTS, perturb
+from conftest import MODELS, logits, perturb, tiny_bert, tiny_llama
+from test_layers import VARIANTS
 
 
 def trained(build, method, train_a, targets=("query", "value"), **kw):

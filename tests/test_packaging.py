@@ -48,7 +48,7 @@ def test_core_works_without_peft_and_export_says_how_to_get_it():
         from condlora import AdapterConfig, MissingDependencyError, apply_adapter, export_peft_lora
         from condlora import load_adapter, merge_and_unload, save_adapter
         from conftest import tiny_bert
-        from test_layers import perturb
+        from conftest import perturb
 
         ids = torch.randint(1, 100, (2, 9), generator=torch.Generator().manual_seed(0))
         res = {}

@@ -31,8 +31,7 @@ from condlora import (
 )
 from condlora.hf import peft_task_type
 from condlora.io import adapter_state_dict
-from conftest import logits, tiny_bert, tiny_gpt2, tiny_llama
-from test_layers import perturb
+from conftest import logits, perturb, tiny_bert, tiny_gpt2, tiny_llama
 
 CHECKPOINT_FILES = {"adapter_config.json", "adapter_model.safetensors", "optimizer.pt", "rng_state.pth",
                     "scheduler.pt", "trainer_state.json", "training_args.bin"}
