@@ -11,8 +11,9 @@ else
   echo "GLUE data: no folder at $GLUE; reading nyu-mll/glue from the Hugging Face hub (datasets)"
 fi
 ALL_TASKS=rte,mrpc,stsb,cola,sst2
-# worker 1 and worker 2 take disjoint tasks of about equal cost (tokens per epoch)
-WORKER_TASKS=(rte,cola,sst2 mrpc,stsb)
+# worker 1 and worker 2 take disjoint tasks of about equal cost (tokens per epoch); WORKER_TASKS="a,b c,d"
+# sets another split or order (one comma-separated list of tasks a worker)
+read -r -a WORKER_TASKS <<<"${WORKER_TASKS:-rte,cola,sst2 mrpc,stsb}"
 PROTOCOL=(--model minilm --head dense --epochs 8 --patience 2 --group-by-length --max-length 128
           --batch-size 16 --max-train-samples 8000 --max-eval-samples 2000 --lr-grid 1e-3,2e-3,5e-3)
 
