@@ -17,8 +17,9 @@ read -r -a WORKER_TASKS <<<"${WORKER_TASKS:-rte,cola,sst2 mrpc,stsb}"
 PROTOCOL=(--model minilm --head dense --epochs 8 --patience 2 --group-by-length --max-length 128
           --batch-size 16 --max-train-samples 8000 --max-eval-samples 2000 --lr-grid 1e-3,2e-3,5e-3)
 
+# --skip-unlearned: per task, LoRA (the reference) trains first; the other rows only where it learned the task
 study() {
-  condlora study "${PROTOCOL[@]}" "${DATA[@]}" --output-dir "$OUT" "$@" ${EXTRA:-}
+  condlora study "${PROTOCOL[@]}" "${DATA[@]}" --skip-unlearned --output-dir "$OUT" "$@" ${EXTRA:-}
 }
 
 # run_part METHODS SEEDS: every task, one study call per task (so each task's runs finish together), on

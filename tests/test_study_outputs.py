@@ -83,6 +83,28 @@ def test_sanity_gate_leaves_unlearned_tasks_out_of_the_average(tmp_path):
     assert float(rows["avg", "lora"]["mean"]) == pytest.approx((69 + 2 / 3 + 84 + 2 / 3) / 2)
 
 
+def test_skip_unlearned_trains_other_methods_only_where_the_reference_learned(tmp_path):
+    fake = FakeRun()
+    with pytest.warns(UserWarning, match=r"cola: not learned at this budget \(LoRA 1.33 .*condlora not trained"):
+        record = run_study(settings(tmp_path, tasks="cola,rte", skip_unlearned=True), run_fn=fake)
+    order = [(c["task"], c["method"], c["seed"]) for c in fake.calls]
+    assert order == [("cola", "lora", s) for s in range(3)] + [("rte", m, s) for m in ("lora", "condlora")
+                                                                 for s in range(3)]  # reference first per task
+    assert list(record["skipped"]) == ["cola"] and "LoRA 1.33" in record["skipped"]["cola"]
+    saved = json.loads((tmp_path / "study" / "study.json").read_text())
+    assert saved["complete"] and list(saved["skipped"]) == ["cola"]
+    plan = [json.loads(p.read_text())["plan"]["pairs"] for p in (tmp_path / "study" / "progress").glob("*.json")]
+    assert plan == [[["cola", "lora"], ["rte", "lora"], ["rte", "condlora"]]]  # nothing left to wait for
+    md = (tmp_path / "study" / "table2.md").read_text()
+    assert "| LoRA | 1.33 ± 5.17 | 69.67 ± 3.79 | 69.67 ± 3.79 |" in md and "† CoLA: not learned" in md
+    again = FakeRun()
+    with pytest.warns(UserWarning, match="cola: not learned"):
+        run_study(settings(tmp_path, tasks="cola,rte", skip_unlearned=True), run_fn=again)
+    assert again.calls == []
+    run_study(settings(tmp_path, tasks="cola,rte"), run_fn=again)  # without the flag: every pair
+    assert sorted({(c["task"], c["method"]) for c in again.calls}) == [("cola", "condlora")]
+
+
 def test_unknown_baseline_is_not_gated(tmp_path):
     run_args = {"model": "fake", "epochs": 1, "glue_dir": str(tmp_path / "no-glue")}
     with pytest.warns(UserWarning, match="no trivial baseline for rte"):

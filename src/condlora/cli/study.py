@@ -65,6 +65,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--search-seed", type=int, default=0, help="training seed of search runs and TPE seed (default 0)")
     p.add_argument("--search-only", action="store_true",
                    help="stop after the LR search (for extra workers sharing --storage)")
+    p.add_argument("--skip-unlearned", action="store_true",
+                   help="per task, train the first method (the reference) first, and the other methods only "
+                        "where it clearly beat the trivial baseline (Table 2's sanity gate); a task it did not "
+                        "learn is reported as not learned at this budget")
     g = p.add_argument_group("passed to every run (condlora train; default: train's own)")
     g.add_argument("--model", help="base model (alias, local folder or hub id)")
     g.add_argument("--glue-dir", help="folder with GLUE TSVs (default: $CONDLORA_GLUE_DIR)")
@@ -99,7 +103,7 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
                          lr_search=args.lr_search, lr_grid=args.lr_grid, lr_range=args.lr_range,
                          lr_preset=args.lr_preset, lr=args.lr, storage=args.storage,
                          search_seed=args.search_seed, search_only=args.search_only, quiet=args.quiet,
-                         run_progress=args.run_progress,
+                         run_progress=args.run_progress, skip_unlearned=args.skip_unlearned,
                          run_args=run_args)
 
 

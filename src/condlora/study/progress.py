@@ -81,6 +81,12 @@ class Progress:
 
         return run
 
+    def drop(self, pairs: list[tuple[str, str]]) -> None:
+        """Take task x method `pairs` out of the plan (they will not be trained)."""
+        gone = {tuple(p) for p in pairs}
+        self.rec["plan"]["pairs"] = [p for p in self.rec["plan"]["pairs"] if tuple(p) not in gone]
+        self._write()
+
     def finish(self, ok: bool) -> None:
         """Mark this worker finished (ok) or stopped by an error."""
         self.rec.update(finished=True, ok=ok)

@@ -27,8 +27,8 @@ from .plots import plot_search, write_plots
 from .progress import Progress
 from .runs import RunFn, finished_run, found_runs, run_config, run_once, same_run, set_aside_other_lr, train_run
 from .search import LR_RANGE, NOT_IDENTITY, parse_lrs, search_grid, search_lr
-from .stats import trivial_baseline
-from .tables import METHOD_LABELS, TASK_LABELS, paired_ttest, settings_line, write_tables
+from .stats import Gate, gate, mean_ci, trivial_baseline
+from .tables import METHOD_LABELS, TASK_LABELS, paired_ttest, settings_line, table_score, write_tables
 
 __all__ = ["PAPER_LR", "StudySettings", "paired_ttest", "parse_seeds", "run_seeds", "run_study",
            "search_lr", "write_tables"]
@@ -119,6 +119,7 @@ class StudySettings:
     search_only: bool = False
     quiet: bool = False  # no study progress bars
     run_progress: bool = False  # show each run's own progress bar and summary line
+    skip_unlearned: bool = False  # train the other methods of a task only where the reference learned it
     run_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -266,7 +267,8 @@ def _header(runs: list[dict[str, Any]], run_args: dict[str, Any]) -> str:
 def write_outputs(s: StudySettings, record: dict[str, Any], cached: dict[str, float]) -> dict[str, Any]:
     """Tables 2, 3, 4 and the figures from every finished seed on disk; fills record's runs/baselines/tables."""
     out = Path(s.output_dir)
-    runs = [r for t in s.tasks for m in s.methods for r in found_runs(out, t, m, record["lr"][t][m]["lr"])]
+    runs = [r for t in s.tasks for m in s.methods if m in record["lr"].get(t, {})
+            for r in found_runs(out, t, m, record["lr"][t][m]["lr"])]
     record["runs"], record["baselines"] = runs, baselines(s.tasks, s.run_args, cached)
     record["tables"], t2 = write_tables(runs, s.tasks, s.methods, out, _header(runs, s.run_args),
                                         record["baselines"])
@@ -308,7 +310,10 @@ def run_study(s: StudySettings, run_fn: RunFn = train_run) -> dict[str, Any]:
     progress = Progress(out, pairs, s.n_trials, [] if s.search_only else s.seeds, reused)
     run_fn, ok = progress.wrap(run_fn), False
     try:
-        _train(s, record, pairs, run_fn)
+        if s.skip_unlearned and not s.search_only and len(s.methods) > 1:
+            _train_gated(s, record, run_fn, cached, progress)
+        else:
+            _train(s, record, pairs, run_fn)
         if not s.search_only:
             write_outputs(s, record, cached)
             record["complete"] = True
@@ -338,3 +343,28 @@ def _train(s: StudySettings, record: dict[str, Any], pairs: list[tuple[str, str]
             reuse = {s.search_seed: chosen["run_dir"]} if chosen.get("run_dir") else None
             record["runs"] += run_seeds(t, m, chosen["lr"], base, s.seeds, out, run_fn, bar, reuse)
             write_json(out / "study.json", record)
+
+
+def reference_gate(s: StudySettings, record: dict[str, Any], task: str, cached: dict[str, float]) -> Gate:
+    """Table 2's sanity gate of `task`: whether the reference (first method) clearly beat the trivial baseline."""
+    ref = s.methods[0]
+    runs = found_runs(s.output_dir, task, ref, record["lr"][task][ref]["lr"])
+    baseline = baselines([task], s.run_args, cached).get(task, math.nan)
+    return gate(mean_ci([100.0 * table_score(r) for r in runs]), baseline, METHOD_LABELS[ref])
+
+
+def _train_gated(s: StudySettings, record: dict[str, Any], run_fn: RunFn, cached: dict[str, float],
+                 progress: Progress) -> None:
+    """--skip-unlearned: per task the reference first (LR and seeds); the other methods only if it passed the gate."""
+    ref, others = s.methods[0], s.methods[1:]
+    for t in s.tasks:
+        _train(s, record, [(t, ref)], run_fn)
+        g = reference_gate(s, record, t, cached)
+        if g.learned:
+            _train(s, record, [(t, m) for m in others], run_fn)
+            continue
+        record.setdefault("skipped", {})[t] = g.reason
+        progress.drop([(t, m) for m in others])
+        write_json(Path(s.output_dir) / "study.json", record)
+        warnings.warn(f"{t}: not learned at this budget ({g.reason}); {', '.join(others)} not trained there "
+                      "(--skip-unlearned)", stacklevel=2)
