@@ -163,6 +163,11 @@ def test_status_counts_search_trials_and_skips_the_copied_seed(tmp_path):
     st = study_status(out, 0.0)
     assert (st["planned"], st["done"], st["eta_s"]) == (3 + 2, 2, 3 * 60.0)  # seed 0 is the best trial, copied
     assert "now: between runs" in status_line(out, 0.0)
+    finish_run(out, "search", "mrpc", "lora", "trial2", 60.0)
+    finish_run(out, "search", "mrpc", "lora", "trial3", 60.0)  # the grid extended past its edge
+    (out / "search" / "mrpc" / "lora" / "trial4").mkdir()  # and again: that trial is training
+    st = study_status(out, 0.0)
+    assert (st["planned"], st["done"]) == (5 + 2, 4)
 
 
 def test_status_of_a_dead_worker_and_of_no_study(tmp_path, capsys):

@@ -108,11 +108,13 @@ def union_plan(recs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, An
 
 
 def _pair_counts(out: Path, t: str, m: str, e: dict[str, Any]) -> tuple[int, int]:
-    """(planned, done) trainings of one task x method: search trials plus seeds not copied from the search."""
-    trials = sum(1 for d in Path(out, "search", t, m).glob("trial*") if (d / "results.json").exists())
+    """(planned, done) trainings of one task x method: search trials (more where a grid was extended past its
+    edge: every trial folder counts) plus seeds not copied from the search."""
+    trial_dirs = list(Path(out, "search", t, m).glob("trial*")) if e["n_trials"] else []
+    trials = sum(1 for d in trial_dirs if (d / "results.json").exists())
     seeds = e["seeds"] - e["reused"] if e["n_trials"] else e["seeds"]
     runs = sum(1 for s in seeds if (out / "runs" / t / m / f"seed{s}" / "results.json").exists())
-    return e["n_trials"] + len(seeds), min(trials, e["n_trials"]) + runs
+    return max(e["n_trials"], len(trial_dirs)) + len(seeds), trials + runs
 
 
 def _wall_times(out: Path) -> dict[str, list[float]]:
