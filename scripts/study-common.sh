@@ -22,8 +22,9 @@ study() {
   condlora study "${PROTOCOL[@]}" "${DATA[@]}" --skip-unlearned --output-dir "$OUT" "$@" ${EXTRA:-}
 }
 
-# run_part METHODS SEEDS: every task, one study call per task (so each task's runs finish together), on
-# two workers; a progress line every 30 s until both are done.
+# run_part METHODS SEEDS: every task on two workers, one study call each (with --skip-unlearned a worker
+# finishes its tasks one after the other, so each task's runs finish together, and its plan is the whole
+# part, for the progress line every 30 s until both are done).
 run_part() {
   local methods=$1 seeds=$2 pids=() w
   mkdir -p "$OUT"
@@ -31,11 +32,8 @@ run_part() {
     [ "${WORKERS:-2}" -ge 2 ] || [ "$w" -eq 0 ] || break
     local tasks=${WORKER_TASKS[$w]}
     [ "${WORKERS:-2}" -ge 2 ] || tasks=$ALL_TASKS
-    (
-      for t in ${tasks//,/ }; do
-        OMP_NUM_THREADS=${THREADS:-1} study --tasks "$t" --methods "$methods" --seeds "$seeds" --quiet
-      done
-    ) >>"$OUT/worker-$w.log" 2>&1 &
+    OMP_NUM_THREADS=${THREADS:-1} study --tasks "$tasks" --methods "$methods" --seeds "$seeds" --quiet \
+      >>"$OUT/worker-$w.log" 2>&1 &
     pids+=($!)
   done
   echo "training $methods, seeds 0-$((seeds - 1)) (logs: $OUT/worker-*.log)"
@@ -62,6 +60,8 @@ from statistics import mean
 
 scores = {}
 for path in Path(sys.argv[1], "runs").glob("*/*/seed*/results.json"):
+    if not path.parent.name[4:].isdigit():  # seed<k>-lr<old>: moved aside, at an LR the study no longer uses
+        continue
     r = json.loads(path.read_text())
     scores.setdefault(r["method"], {}).setdefault(r["task"], []).append(r["test_score"])
 avg = {m: mean(mean(v) for v in by_task.values()) for m, by_task in scores.items()

@@ -1,0 +1,71 @@
+"""scripts/study-common.sh, shared by the main job and the asymmetry study: the workers' `condlora study` calls
+(through a stand-in `condlora` that records its arguments) and the choice of the better CondLoRA form."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FAKE = """#!/usr/bin/env bash
+echo "$*" >> "$CALLS"
+"""
+
+
+def run_common(tmp_path: Path, script: str, **env: str) -> subprocess.CompletedProcess:
+    """`script` run in bash after sourcing scripts/study-common.sh, with the stand-in condlora first on PATH."""
+    bin_dir, glue = tmp_path / "bin", tmp_path / "glue"
+    bin_dir.mkdir(exist_ok=True)
+    glue.mkdir(exist_ok=True)
+    (bin_dir / "condlora").write_text(FAKE)
+    (bin_dir / "condlora").chmod(0o755)
+    full = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "CALLS": str(tmp_path / "calls"),
+            "CONDLORA_GLUE_DIR": str(glue), "OUT": str(tmp_path / "out"), "PYTHON": sys.executable, **env}
+    return subprocess.run(["bash", "-c", f"set -euo pipefail; source scripts/study-common.sh; {script}"],
+                          cwd=ROOT, env=full, capture_output=True, text=True, timeout=60)
+
+
+def study_calls(tmp_path: Path) -> list[str]:
+    """The recorded `condlora study` calls that train (not the --status ones), sorted."""
+    return sorted(c for c in (tmp_path / "calls").read_text().splitlines() if "--status" not in c)
+
+
+@pytest.mark.parametrize("env, tasks", [
+    ({}, ["mrpc,stsb", "rte,cola,sst2"]),
+    ({"WORKER_TASKS": "cola,sst2,rte mrpc,stsb"}, ["cola,sst2,rte", "mrpc,stsb"]),
+    ({"WORKERS": "1"}, ["rte,mrpc,stsb,cola,sst2"]),
+])
+def test_run_part_starts_one_study_call_per_worker(tmp_path, env, tasks):
+    done = run_common(tmp_path, "run_part lora,condlora 3", **env)
+    assert done.returncode == 0, done.stderr
+    calls = study_calls(tmp_path)
+    assert [c.split("--tasks ")[1].split()[0] for c in calls] == tasks
+    out = tmp_path / "out"
+    for c in calls:
+        assert c.startswith("study --model minilm --head dense --epochs 8 --patience 2 --group-by-length")
+        assert f"--glue-dir {tmp_path / 'glue'} --skip-unlearned --output-dir {out}" in c
+        assert c.endswith("--methods lora,condlora --seeds 3 --quiet")
+    assert "training lora,condlora, seeds 0-2" in done.stdout
+
+
+def test_better_form_is_the_higher_average_over_tasks(tmp_path):
+    scores = {("mrpc", "condlora"): [0.70, 0.72], ("mrpc", "condlora-general"): [0.74],
+              ("cola", "condlora"): [0.30], ("cola", "condlora-general"): [0.20], ("mrpc", "lora"): [0.99]}
+    for (task, method), xs in scores.items():
+        for seed, x in enumerate(xs):
+            d = tmp_path / "out" / "runs" / task / method / f"seed{seed}"
+            d.mkdir(parents=True)
+            (d / "results.json").write_text(json.dumps({"task": task, "method": method, "test_score": x}))
+    aside = tmp_path / "out" / "runs" / "cola" / "condlora-general" / "seed1-lr0.002"  # another LR: left out
+    aside.mkdir()
+    (aside / "results.json").write_text(json.dumps({"task": "cola", "method": "condlora-general", "test_score": 1}))
+    done = run_common(tmp_path, 'condlora_better_form "$OUT"')
+    assert done.stdout.splitlines()[-1] == "condlora"  # (0.71 + 0.30) / 2 > (0.74 + 0.20) / 2
+    (tmp_path / "out" / "runs" / "cola" / "condlora-general" / "seed0" / "results.json").write_text(
+        json.dumps({"task": "cola", "method": "condlora-general", "test_score": 0.40}))
+    assert run_common(tmp_path, 'condlora_better_form "$OUT"').stdout.splitlines()[-1] == "condlora-general"
