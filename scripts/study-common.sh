@@ -51,7 +51,7 @@ run_part() {
   [ "$failed" -eq 0 ] || exit 1
 }
 
-# condlora_better_form OUT: the CondLoRA form with the higher average test score over the study's runs
+# condlora_better_form OUT: the CondLoRA form with the higher average test score over the tasks both forms ran
 condlora_better_form() {
   ${PYTHON:-python3} - "$1" <<'PY'
 import json, sys
@@ -64,8 +64,9 @@ for path in Path(sys.argv[1], "runs").glob("*/*/seed*/results.json"):
         continue
     r = json.loads(path.read_text())
     scores.setdefault(r["method"], {}).setdefault(r["task"], []).append(r["test_score"])
-avg = {m: mean(mean(v) for v in by_task.values()) for m, by_task in scores.items()
-       if m in ("condlora", "condlora-general")}
+forms = {m: by_task for m, by_task in scores.items() if m in ("condlora", "condlora-general")}
+common = set.intersection(*(set(by_task) for by_task in forms.values())) if forms else set()
+avg = {m: mean(mean(by_task[t]) for t in common) for m, by_task in forms.items() if common}
 print(max(avg, key=avg.get) if avg else "condlora")
 PY
 }
