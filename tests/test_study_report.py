@@ -89,6 +89,9 @@ def test_report_rows_and_numbers(study):
             and "Run settings (from `search/rte/lora/trial0/config.json`): model minilm · head dense · epochs 8 · "
                 "patience 2 · group_by_length yes · max_length 128 · batch_size 16 · max_train_samples 8000" in lines)
     assert "Status: STATUS" in lines
+    # 4 trials (600 + 900 + 600 + 600 s) and seeds 1, 3 (630 + 600 s); seed 0 is trial 1 copied
+    assert ("Compute: 6 trainings finished, 1.1 h of training wall time in all (summed over trainings; seed runs "
+            "copied from a search trial counted once)") in lines
     rte = lines.index("## RTE (`rte`, metric: accuracy)")
     assert lines[rte + 2:rte + 11] == [
         "| Method | Kind | LR | Seed | Val | Test | Best step / steps | Epochs run | Stopped early | Wall (min) |",

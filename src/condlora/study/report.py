@@ -233,6 +233,15 @@ def _settings_text(scan: Scan, out: Path) -> str:
     return "Run settings: no finished run with a readable config.json yet"
 
 
+def _compute_text(scan: Scan) -> str:
+    """The trainings finished so far and their summed wall time (seed runs copied from a search trial once)."""
+    trials = [f for f in scan.finished if f.kind == "trial"]
+    trained = [f for f in scan.finished if f.kind == "trial" or _copy_of(f, trials) is None]
+    hours = sum(w for f in trained if isinstance(w := f.result.get("wall_time_s"), (int, float))) / 3600
+    return (f"Compute: {len(trained)} trainings finished, {hours:.1f} h of training wall time in all (summed over "
+            "trainings; seed runs copied from a search trial counted once)")
+
+
 def _last_eval(d: Path) -> str:
     """The last evaluation of an unfinished run (from metrics.jsonl), or ''."""
     evals = [r for r in read_jsonl(d / "metrics.jsonl") if "val_score" in r]
@@ -260,7 +269,8 @@ def build_report(out_dir: str | Path, status: str | None = None, now: float | No
     scan, plan = scan_study(out), study_plan(out)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() if now is None else now))
     head = (f"# Partial study report: `{out}`\n\nWritten {stamp}; finished trainings only (nothing trained). "
-            f"Scores x100.\n\n{_settings_text(scan, out)}\n\nStatus: {status or status_line(out)}\n\n")
+            f"Scores x100.\n\n{_settings_text(scan, out)}\n\n{_compute_text(scan)}\n\n"
+            f"Status: {status or status_line(out)}\n\n")
     order = _order(plan["pairs"], scan)
     body = "\n".join(_task_section(t, ms, scan, plan) for t, ms in order.items()) or "No run folder yet.\n"
     notes = _notes(scan, out)
