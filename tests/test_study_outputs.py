@@ -17,7 +17,7 @@ from condlora import cli
 from condlora.errors import ConfigError
 from condlora.study.plots import validation_curves
 from condlora.study.progress import status_line, study_status, watch
-from condlora.study.study import parse_seeds, run_study
+from condlora.study.study import PAPER_LR, parse_seeds, run_study
 from test_study import TEST, FakeRun, settings
 
 
@@ -103,6 +103,19 @@ def test_skip_unlearned_trains_other_methods_only_where_the_reference_learned(tm
     assert again.calls == []
     run_study(settings(tmp_path, tasks="cola,rte"), run_fn=again)  # without the flag: every pair
     assert sorted({(c["task"], c["method"]) for c in again.calls}) == [("cola", "condlora")]
+
+
+def test_study_json_keeps_the_lrs_other_workers_chose(tmp_path):
+    run_study(settings(tmp_path, tasks="rte"), run_fn=FakeRun())  # worker 1
+    run_study(settings(tmp_path, tasks="mrpc", seeds=1), run_fn=FakeRun())  # worker 2, same folder
+    saved = json.loads((tmp_path / "study" / "study.json").read_text())
+    assert {t: {m: v["lr"] for m, v in by_m.items()} for t, by_m in saved["lr"].items()} == {
+        t: dict(zip(("lora", "condlora"), PAPER_LR[t], strict=True)) for t in ("rte", "mrpc")}
+    assert saved["settings"]["tasks"] == ["mrpc"] and {r["task"] for r in saved["runs"]} == {"mrpc"}
+    run_study(settings(tmp_path, tasks="rte", lr_preset=None, lr=1e-4, seeds=1), run_fn=FakeRun())
+    saved = json.loads((tmp_path / "study" / "study.json").read_text())
+    assert saved["lr"]["rte"] == {m: {"lr": 1e-4, "source": "--lr"} for m in ("lora", "condlora")}
+    assert saved["lr"]["mrpc"]["lora"]["lr"] == PAPER_LR["mrpc"][0]
 
 
 def test_unknown_baseline_is_not_gated(tmp_path):

@@ -120,6 +120,13 @@ def test_report_rows_and_numbers(study):
         "lr/val_score/test_score)"]
 
 
+def test_a_grid_extended_past_its_edge_plans_more_trials(study):
+    put(study, "search/rte/lora/trial3", result("rte", "lora", 5e-4, 0, 0.50, 0.50), {**RUN, "lr": 5e-4})
+    assert "- lora: best LR 0.002 (val 70.00, trial 1) · 4/4 trials finished (search complete)" in build_report(study)
+    put(study, "search/rte/lora/trial4")  # extended again: training
+    assert "· 4/5 trials finished (search in progress) ·" in build_report(study)
+
+
 def test_one_seed_has_no_ci_and_no_direction_without_the_reference(tmp_path):
     out = tmp_path / "study"
     put(out, "search/cola/condlora/trial0", result("cola", "condlora", 1e-3, 0, 0.30, 0.25, metric="mcc"))

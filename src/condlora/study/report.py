@@ -188,11 +188,12 @@ def _seeds_text(seeds: list[Finished], lr: float | None) -> str:
     return f"chosen LR {lr:.4g}: test {s.mean:.2f}{ci} over n={s.n} seeds ({which})" + other
 
 
-def _pair_line(task: str, method: str, mine: list[Finished], plan: dict[str, Any]) -> str:
-    """One bullet: the LR search and the seed runs of task x method."""
+def _pair_line(task: str, method: str, mine: list[Finished], plan: dict[str, Any], running: int) -> str:
+    """One bullet: the LR search and the seed runs of task x method (`running`: its unfinished trials)."""
     trials = [f for f in mine if f.kind == "trial"]
     seeds = [f for f in mine if f.kind == "seed"]
     planned = plan["n_trials"].get((task, method))
+    planned = max(planned, len(trials) + running) if planned else planned
     lr = _chosen_lr(trials, planned, plan["chosen"].get((task, method)))
     return f"- {method}: {_search_text(trials, planned, plan['searched'])} · {_seeds_text(seeds, lr)}"
 
@@ -218,7 +219,9 @@ def _task_section(task: str, methods: list[str], scan: Scan, plan: dict[str, Any
         return head + "No finished training yet.\n"
     trials = [f for f in done if f.kind == "trial"]
     table = markdown([COLUMNS, *(_row(f, trials) for f in done)])
-    pairs = "\n".join(_pair_line(task, m, [f for f in done if f.method == m], plan) for m in methods)
+    running = {m: sum(1 for d in scan.unfinished + scan.unreadable if d.parts[-4:-1] == ("search", task, m))
+               for m in methods}
+    pairs = "\n".join(_pair_line(task, m, [f for f in done if f.method == m], plan, running[m]) for m in methods)
     direction = _direction(methods, done, plan["search_seed"])
     return (head + table + "\nLR search and seeds (x100; val = validation, test = test set):\n\n" + pairs + "\n"
             + ("\n" + direction if direction else ""))

@@ -264,6 +264,26 @@ def _header(runs: list[dict[str, Any]], run_args: dict[str, Any]) -> str:
     return settings_line(cfg or {"model": "minilm", **run_args}, {int(r["seed"]) for r in runs})
 
 
+def save_record(out: Path, record: dict[str, Any]) -> None:
+    """Write study.json, keeping the LRs that other studies in the folder (other workers) chose for other pairs."""
+    mine = record["settings"]
+    saved = _read_record(out / "study.json").get("lr")
+    for t, by_m in saved.items() if isinstance(saved, dict) else ():
+        for m, v in by_m.items() if isinstance(by_m, dict) else ():
+            if not (t in mine["tasks"] and m in mine["methods"]):
+                record["lr"].setdefault(t, {})[m] = v
+    write_json(out / "study.json", record)
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    """study.json as a dict (empty when absent or unreadable)."""
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return rec if isinstance(rec, dict) else {}
+
+
 def write_outputs(s: StudySettings, record: dict[str, Any], cached: dict[str, float]) -> dict[str, Any]:
     """Tables 2, 3, 4 and the figures from every finished seed on disk; fills record's runs/baselines/tables."""
     out = Path(s.output_dir)
@@ -317,7 +337,7 @@ def run_study(s: StudySettings, run_fn: RunFn = train_run) -> dict[str, Any]:
         if not s.search_only:
             write_outputs(s, record, cached)
             record["complete"] = True
-            write_json(out / "study.json", record)
+            save_record(out, record)
         ok = True
     finally:
         progress.finish(ok)
@@ -331,7 +351,7 @@ def _train(s: StudySettings, record: dict[str, Any], pairs: list[tuple[str, str]
     with _progress(len(pairs) * s.n_trials, "LR search", s.quiet or not s.searched) as bar:
         for t, m in pairs:
             record["lr"].setdefault(t, {})[m] = choose_lr(t, m, s, base, run_fn, bar)
-            write_json(out / "study.json", record)
+            save_record(out, record)
     if s.searched:
         lo, hi = (s.lr_grid[0], s.lr_grid[-1]) if s.lr_grid else s.lr_range
         plot_search(record["lr"], out / "search.png", (lo / 1.5, hi * 1.5), ticks=s.lr_grid)
@@ -342,7 +362,7 @@ def _train(s: StudySettings, record: dict[str, Any], pairs: list[tuple[str, str]
             chosen = record["lr"][t][m]
             reuse = {s.search_seed: chosen["run_dir"]} if chosen.get("run_dir") else None
             record["runs"] += run_seeds(t, m, chosen["lr"], base, s.seeds, out, run_fn, bar, reuse)
-            write_json(out / "study.json", record)
+            save_record(out, record)
 
 
 def reference_gate(s: StudySettings, record: dict[str, Any], task: str, cached: dict[str, float]) -> Gate:
@@ -365,6 +385,6 @@ def _train_gated(s: StudySettings, record: dict[str, Any], run_fn: RunFn, cached
             continue
         record.setdefault("skipped", {})[t] = g.reason
         progress.drop([(t, m) for m in others])
-        write_json(Path(s.output_dir) / "study.json", record)
+        save_record(Path(s.output_dir), record)
         warnings.warn(f"{t}: not learned at this budget ({g.reason}); {', '.join(others)} not trained there "
                       "(--skip-unlearned)", stacklevel=2)
