@@ -23,8 +23,6 @@ from conftest import MODELS, logits, moved_after_sgd, perturb, tiny_bert, tiny_g
 VARIANTS = [("lora", True), ("lora", False), ("condlora", True), ("condlora", False)]
 
 
-
-
 @pytest.mark.parametrize("arch", sorted(MODELS))
 @pytest.mark.parametrize(("method", "train_a"), VARIANTS)
 def test_identity_at_init_then_differs(arch, method, train_a, ids):

@@ -6,7 +6,6 @@ nothing in the folder is written (the caller writes the report where the user as
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..fileio import read_jsonl, write_text
 from .progress import read_progress, status_line, union_plan
-from .runs import finished_run, run_config, same_run
+from .runs import finished_run, read_study_record, run_config, same_run
 from .stats import mean_ci
 from .tables import TASK_LABELS, markdown, table_score
 
@@ -86,19 +85,10 @@ def scan_study(out_dir: str | Path) -> Scan:
     return scan
 
 
-def _study_record(out: Path) -> dict[str, Any]:
-    """study.json (empty when absent or unreadable: it is written once the first LR is chosen)."""
-    try:
-        rec = json.loads((out / "study.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return rec if isinstance(rec, dict) else {}
-
-
 def study_plan(out_dir: str | Path) -> dict[str, Any]:
     """Pairs in plan order, trials planned per pair, whether LRs are searched, the search seed and chosen LRs."""
     out = Path(out_dir)
-    rec = _study_record(out)
+    rec = read_study_record(out)
     s = rec.get("settings", {})
     pairs = [(t, m) for t in s.get("tasks", []) for m in s.get("methods", [])]
     planned = len(s["lr_grid"]) if s.get("lr_grid") else s.get("lr_search")

@@ -92,3 +92,13 @@ def set_aside_other_lr(cfg: dict[str, Any]) -> Path | None:
     warnings.warn(f"{run_dir} held a run at lr={old:g}, not the chosen lr={cfg['lr']:g}; moved it to {dst.name}",
                   stacklevel=2)
     return dst
+
+
+def read_study_record(out_dir: str | Path) -> dict[str, Any]:
+    """The study folder's study.json as a dict (empty when absent or unreadable: it is written once the first LR
+    is chosen, and a worker may be replacing it)."""
+    try:
+        rec = json.loads(Path(out_dir, "study.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return rec if isinstance(rec, dict) else {}

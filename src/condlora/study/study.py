@@ -25,7 +25,17 @@ from ..errors import CondLoRAError, ConfigError
 from ..fileio import replace_dir, write_json
 from .plots import plot_search, write_plots
 from .progress import Progress
-from .runs import RunFn, finished_run, found_runs, run_config, run_once, same_run, set_aside_other_lr, train_run
+from .runs import (
+    RunFn,
+    finished_run,
+    found_runs,
+    read_study_record,
+    run_config,
+    run_once,
+    same_run,
+    set_aside_other_lr,
+    train_run,
+)
 from .search import LR_RANGE, NOT_IDENTITY, parse_lrs, search_grid, search_lr
 from .stats import Gate, gate, mean_ci, trivial_baseline
 from .tables import METHOD_LABELS, TASK_LABELS, paired_ttest, settings_line, table_score, write_tables
@@ -267,21 +277,12 @@ def _header(runs: list[dict[str, Any]], run_args: dict[str, Any]) -> str:
 def save_record(out: Path, record: dict[str, Any]) -> None:
     """Write study.json, keeping the LRs that other studies in the folder (other workers) chose for other pairs."""
     mine = record["settings"]
-    saved = _read_record(out / "study.json").get("lr")
+    saved = read_study_record(out).get("lr")
     for t, by_m in saved.items() if isinstance(saved, dict) else ():
         for m, v in by_m.items() if isinstance(by_m, dict) else ():
             if not (t in mine["tasks"] and m in mine["methods"]):
                 record["lr"].setdefault(t, {})[m] = v
     write_json(out / "study.json", record)
-
-
-def _read_record(path: Path) -> dict[str, Any]:
-    """study.json as a dict (empty when absent or unreadable)."""
-    try:
-        rec = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return rec if isinstance(rec, dict) else {}
 
 
 def write_outputs(s: StudySettings, record: dict[str, Any], cached: dict[str, float]) -> dict[str, Any]:
