@@ -72,6 +72,20 @@ MODELS = {
 }
 
 
+# adapter variants of the parametrised tests: "condlora" takes the default form, "condlora-<form>" names one
+VARIANTS = [("lora", True), ("lora", False), ("condlora", True), ("condlora", False), ("condlora-auto", True),
+            ("condlora-general", True)]
+
+
+def adapter_config(method: str, **kw):
+    """The AdapterConfig of a test variant: "condlora-auto" / "condlora-general" set cond_form."""
+    from condlora import AdapterConfig
+
+    if method.startswith("condlora-"):
+        method, kw["cond_form"] = "condlora", method.split("-", 1)[1]
+    return AdapterConfig(method=method, **kw)
+
+
 def logits(model, ids):
     """Logits of `model` on token ids (no grad)."""
     with torch.no_grad():

@@ -6,9 +6,7 @@ from torch import nn
 
 from condlora import AdapterConfig, LoRALinear, adapter_layers, apply_adapter
 from condlora.layers import LowRankLinear, set_fast_path
-from conftest import MODELS, logits, tiny_bert
-
-VARIANTS = [("lora", True), ("lora", False), ("condlora", True), ("condlora", False)]
+from conftest import MODELS, VARIANTS, adapter_config, logits, tiny_bert
 
 
 def perturb(model, seed=5):
@@ -50,7 +48,7 @@ CASES = [(*v, torch.float64) for v in VARIANTS] + [("lora", True, torch.float32)
 def test_training_fast_path_matches_reference(arch, method, train_a, dtype):
     build, targets = MODELS[arch]
     model = apply_adapter(build().to(dtype),
-                          AdapterConfig(method=method, r=4, target_modules=targets, train_a=train_a))
+                          adapter_config(method, r=4, target_modules=targets, train_a=train_a))
     no_dropout(model)
     perturb(model)
     ids = torch.randint(1, 100, (2, 40), generator=torch.Generator().manual_seed(3))  # 80 tokens: fast path
@@ -121,7 +119,7 @@ def test_layer_fast_and_reference_agree_in_float64():
 
 @pytest.mark.parametrize(("method", "train_a"), VARIANTS)
 def test_no_grad_effective_weight_matches_reference(method, train_a, ids):
-    model = apply_adapter(tiny_bert(), AdapterConfig(method=method, r=4, train_a=train_a))
+    model = apply_adapter(tiny_bert(), adapter_config(method, r=4, train_a=train_a))
     perturb(model)
     fast = logits(set_fast_path(model, True), ids)
     _, layer = next(adapter_layers(model))

@@ -8,20 +8,18 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
 from condlora import (
-    AdapterConfig,
     AdapterLoadError,
     apply_adapter,
     export_peft_lora,
     load_adapter,
     save_adapter,
 )
-from conftest import MODELS, logits, perturb, tiny_bert, tiny_llama
-from test_layers import VARIANTS
+from conftest import MODELS, VARIANTS, adapter_config, logits, perturb, tiny_bert, tiny_llama
 
 
 def trained(build, method, train_a, targets=("query", "value"), **kw):
     """A model with a non-zero adapter (and a changed head when saved)."""
-    cfg = AdapterConfig(method=method, r=4, target_modules=list(targets), train_a=train_a, **kw)
+    cfg = adapter_config(method, r=4, target_modules=list(targets), train_a=train_a, **kw)
     model = apply_adapter(build(), cfg)
     perturb(model)
     return model

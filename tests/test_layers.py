@@ -18,9 +18,17 @@ from condlora import (
     unmerge_adapter,
 )
 from condlora.layers import base_weight
-from conftest import MODELS, logits, moved_after_sgd, perturb, tiny_bert, tiny_gpt2, tiny_llama
-
-VARIANTS = [("lora", True), ("lora", False), ("condlora", True), ("condlora", False)]
+from conftest import (
+    MODELS,
+    VARIANTS,
+    adapter_config,
+    logits,
+    moved_after_sgd,
+    perturb,
+    tiny_bert,
+    tiny_gpt2,
+    tiny_llama,
+)
 
 
 @pytest.mark.parametrize("arch", sorted(MODELS))
@@ -28,7 +36,7 @@ VARIANTS = [("lora", True), ("lora", False), ("condlora", True), ("condlora", Fa
 def test_identity_at_init_then_differs(arch, method, train_a, ids):
     build, targets = MODELS[arch]
     base = build()
-    model = apply_adapter(build(), AdapterConfig(method=method, r=4, target_modules=targets, train_a=train_a))
+    model = apply_adapter(build(), adapter_config(method, r=4, target_modules=targets, train_a=train_a))
     assert torch.equal(logits(model, ids), logits(base, ids))
     perturb(model)
     assert not torch.allclose(logits(model, ids), logits(base, ids), atol=1e-5, rtol=1e-3)
@@ -38,7 +46,7 @@ def test_identity_at_init_then_differs(arch, method, train_a, ids):
 @pytest.mark.parametrize(("method", "train_a"), VARIANTS)
 def test_merge_equivalence(arch, method, train_a, ids):
     build, targets = MODELS[arch]
-    model = apply_adapter(build(), AdapterConfig(method=method, r=4, target_modules=targets, train_a=train_a))
+    model = apply_adapter(build(), adapter_config(method, r=4, target_modules=targets, train_a=train_a))
     perturb(model)
     before = {n: base_weight(layer.base).clone() for n, layer in adapter_layers(model)}
     deltas = {n: layer.delta_weight().detach().clone() for n, layer in adapter_layers(model)}
@@ -84,7 +92,7 @@ def test_exact_trainable_names():
 
 @pytest.mark.parametrize(("method", "train_a"), VARIANTS)
 def test_only_adapter_and_head_move(method, train_a, ids):
-    model = apply_adapter(tiny_bert(), AdapterConfig(method=method, r=4, train_a=train_a,
+    model = apply_adapter(tiny_bert(), adapter_config(method, r=4, train_a=train_a,
                                                      modules_to_save=["classifier"]))
     perturb(model)  # with B = 0, A's first gradients are too small to move it in fp32
     moved, before = moved_after_sgd(model, ids)
