@@ -356,6 +356,9 @@ def test_trial_of_a_killed_worker_is_retried(tmp_path):
     assert len(lost) == 1 and len(done) == 3 and len(runs) == 4
     retry = [t for t in done if t.system_attrs.get("failed_trial") == lost[0].number]
     assert len(retry) == 1 and retry[0].params == lost[0].params  # the killed trial's LR, run again
+    lost_dir = lost[0].user_attrs["run_dir"]
+    assert retry[0].user_attrs["run_dir"] == lost_dir  # in its folder, so a real training resumes there
+    assert [r["dir"] for r in runs].count(lost_dir) == 2 and lost_dir.endswith("trial0")
 
 
 def test_mnli_uses_matched_accuracy():

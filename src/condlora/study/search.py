@@ -149,8 +149,9 @@ def search_lr(task: str, method: str, base_cfg: dict[str, Any], n_trials: int, s
         # same LRs in lockstep, and a resumed or single-worker search stays reproducible
         study.sampler = optuna.samplers.TPESampler(seed=seed * 1_000_003 + trial.number)
         lr = trial.suggest_float("lr", lo, hi, log=True)  # a grid LR comes from the queue
-        cfg = {**base_cfg, "task": task, "method": method, "seed": seed, "lr": lr,
-               "output_dir": str(root / f"trial{trial.number}")}
+        # a retry of a killed worker's trial inherits its run_dir, so the training resumes from its checkpoint
+        run_dir = trial.user_attrs.get("run_dir") or str(root / f"trial{trial.number}")
+        cfg = {**base_cfg, "task": task, "method": method, "seed": seed, "lr": lr, "output_dir": run_dir}
         score = _run_trial(trial, cfg, run_fn, catch if grid else ())
         if progress is not None:
             progress.update(1)
