@@ -1,8 +1,8 @@
 """Fine-tune a LLaMA-style causal LM with CondLoRA and the stock Hugging Face Trainer, then generate.
 
-CondLoRA adapts every attention and MLP projection; with grouped-query attention k_proj / v_proj and the
-MLP are rectangular, so `cond_form="auto"` uses the general form there (A = θ_A·W0, B = W0·θ_B) and the
-paper's form on the square q_proj / o_proj. Greedy generation gives the same tokens adapted, merged
+CondLoRA adapts every attention and MLP projection in its default, general form (A = θ_A·W0,
+B = W0·θ_B), which fits the rectangular k_proj / v_proj of grouped-query attention and the MLP as well as
+the square q_proj / o_proj. Greedy generation gives the same tokens adapted, merged
 (`merge_and_unload`) and exported to a plain PEFT LoRA loaded by real `peft`.
 
 Offline, CPU, a few seconds: the "pretrained" model is a tiny LLaMA built from a config and saved to a

@@ -209,7 +209,8 @@ def conversions_by_type(model, form="auto"):
 
 
 def test_trained_condlora_paper_form_gives_the_same_conversion_in_every_layer(ids):
-    model = apply_adapter(tiny_bert(), AdapterConfig(method="condlora", r=4, target_modules=["query", "value"]))
+    model = apply_adapter(tiny_bert(), AdapterConfig(method="condlora", r=4, target_modules=["query", "value"],
+                                                     cond_form="paper"))
     few_steps(model, ids)
     for type_name, convs in conversions_by_type(model).items():
         gen = model.condlora_generators[model.condlora_config.module_types[type_name]["key"]]

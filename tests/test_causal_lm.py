@@ -37,7 +37,7 @@ def lm(tmp_path_factory):
                          pad_token_id=0, bos_token_id=1, eos_token_id=1)
     LlamaForCausalLM(config).save_pretrained(out / "base")
     model = apply_adapter(LlamaForCausalLM.from_pretrained(out / "base"),
-                          AdapterConfig(method="condlora", r=4, target_modules=TARGETS))
+                          AdapterConfig(method="condlora", r=4, target_modules=TARGETS, cond_form="auto"))
     ids = encode(TEXT * 4)
     rows = [{"input_ids": ids[i:i + 16], "labels": ids[i:i + 16]} for i in range(0, len(ids) - 15, 16)]
     args = TrainingArguments(str(out / "run"), max_steps=20, save_steps=10, per_device_train_batch_size=4,

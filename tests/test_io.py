@@ -8,6 +8,7 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
 from condlora import (
+    AdapterConfig,
     AdapterLoadError,
     apply_adapter,
     export_peft_lora,
@@ -42,6 +43,15 @@ def test_round_trip_under_a_different_seed(tmp_path, method, train_a, ids):
     assert fresh.condlora_config.to_dict() == model.condlora_config.to_dict()
 
 
+def test_default_form_is_general_and_saved_auto_adapters_keep_the_paper_form(tmp_path, ids):
+    assert AdapterConfig().cond_form == "general"
+    model = trained(tiny_bert, "condlora-auto", True)
+    save_adapter(model, tmp_path)
+    loaded = load_adapter(tiny_bert(), tmp_path)  # saved with "auto", the earlier default
+    assert {t["form"] for t in loaded.condlora_config.module_types.values()} == {"paper"}
+    torch.testing.assert_close(logits(loaded, ids), logits(model, ids), atol=0, rtol=0)
+
+
 def test_saved_keys_are_exact(tmp_path):
     save_adapter(trained(tiny_bert, "condlora", False, modules_to_save=["classifier"]), tmp_path / "c")
     assert set(load_file(tmp_path / "c" / "adapter_model.safetensors")) == {
@@ -58,7 +68,7 @@ def test_saved_keys_are_exact(tmp_path):
     }
     saved = json.loads((tmp_path / "c" / "adapter_config.json").read_text())["condlora"]
     assert saved["library_version"] == "0.1.0" and saved["method"] == "condlora"
-    assert saved["module_types"]["bert.encoder.layer.*.attention.self.query"]["form"] == "paper"
+    assert saved["module_types"]["bert.encoder.layer.*.attention.self.query"]["form"] == "general"  # the default form
     assert saved["fingerprint"]["bert.encoder.layer.0.attention.self.value"] == [32, 32]
 
 

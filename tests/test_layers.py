@@ -113,7 +113,7 @@ def test_generators_are_shared_and_stored_once():
 
 
 def test_gpt2_module_types_keep_attn_and_mlp_apart():
-    model = apply_adapter(tiny_gpt2(), AdapterConfig(method="condlora", r=4,
+    model = apply_adapter(tiny_gpt2(), AdapterConfig(method="condlora", r=4, cond_form="auto",
                                                      target_modules=["c_attn", "attn.c_proj", "mlp.c_proj"]))
     types = model.condlora_config.module_types
     assert set(types) == {"transformer.h.*.attn.c_attn", "transformer.h.*.attn.c_proj",

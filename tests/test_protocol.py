@@ -135,7 +135,7 @@ def test_peft_lora_frozen_b_starts_as_identity_with_the_librarys_frozen_b():
 def test_condlora_frozen_b_is_the_librarys_train_b_false():
     model = setup_method(tiny_bert(), "condlora-frozen-b", 8, 8.0, 0.0, TARGETS, 3, head="linear")
     ours = apply_adapter(tiny_bert(), AdapterConfig(method="condlora", r=8, alpha=8.0, target_modules=TARGETS,
-                                                    train_b=False, seed=3))
+                                                    train_b=False, seed=3, cond_form="auto"))
     for key, gen in model.condlora_generators.items():
         assert gen.theta_A.requires_grad and not gen.theta_A.any() and not gen.theta_B.requires_grad
         assert torch.equal(gen.theta_B, ours.condlora_generators[key].theta_B)

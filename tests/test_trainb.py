@@ -73,7 +73,7 @@ def test_frozen_b_is_a_seeded_orthonormal_draw_apart_from_a():
     assert module_seed(3, "x") != module_seed(3, "x", "B")
     gauss = a_only(tiny_bert, "lora", seed=3, init_b="gaussian")
     assert not torch.allclose(next(adapter_layers(gauss))[1].lora_B, next(adapter_layers(model))[1].lora_B)
-    cond = a_only(tiny_bert, "condlora")
+    cond = a_only(tiny_bert, "condlora", cond_form="paper")
     for gen in cond.condlora_generators.values():
         theta_b = gen.theta_B.detach()  # paper form: r × d_in, with orthonormal rows
         torch.testing.assert_close(theta_b @ theta_b.T, torch.eye(4))

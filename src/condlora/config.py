@@ -27,8 +27,9 @@ class AdapterConfig:
         dropout: dropout on the adapter branch's input only, in [0, 1).
         target_modules: PEFT rules: a list matches a module's full name or a ".suffix" of it; a string is
             a regular expression that must match the full name.
-        cond_form: CondLoRA only. "paper" (A = Θ_A·W0ᵀ, B = W0·Θ_Bᵀ; square layers), "general"
-            (A = θ_A·W0, B = W0·θ_B; any shape) or "auto" (paper where square, general otherwise).
+        cond_form: CondLoRA only. "general" (default; A = θ_A·W0, B = W0·θ_B; any shape), "paper"
+            (A = Θ_A·W0ᵀ, B = W0·Θ_Bᵀ, the paper's; square layers only) or "auto" (paper where square, general
+            otherwise; the default of earlier versions, kept by the adapters saved with it).
         train_a: False freezes A (LoRA) or Θ_A (CondLoRA) at a seeded random draw: only B / Θ_B train.
         train_b: False freezes B (LoRA) or Θ_B (CondLoRA) at a seeded random draw while A / Θ_A start at
             zero and train (the A-only contrast of Zhu et al. 2024). train_a and train_b cannot both be false.
@@ -51,7 +52,7 @@ class AdapterConfig:
     alpha: float = 8.0
     dropout: float = 0.0
     target_modules: list[str] | str = field(default_factory=lambda: ["query", "value"])
-    cond_form: str = "auto"
+    cond_form: str = "general"
     train_a: bool = True
     train_b: bool = True
     init_a: str = "orthogonal"
