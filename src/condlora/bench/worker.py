@@ -52,7 +52,7 @@ def apply_method(model: nn.Module, method: str, r: int, alpha: float, targets: l
                 p.requires_grad_(True)
         return model
     kind = "lora" if method.startswith("native-lora") else "condlora"
-    cfg = AdapterConfig(method=kind, r=r, alpha=alpha, target_modules=targets,
+    cfg = AdapterConfig(method=kind, r=r, alpha=alpha, target_modules=targets, cond_form="auto",  # as `condlora train`
                         train_a=not method.endswith("frozen-a"), modules_to_save=heads)
     model = apply_adapter(model, cfg)
     if method.startswith("infer-"):
