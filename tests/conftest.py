@@ -72,13 +72,14 @@ MODELS = {
 }
 
 
-# adapter variants of the parametrised tests: "condlora" takes the default form, "condlora-<form>" names one
+# adapter variants of the parametrised tests: "condlora" takes the default (general) form, "condlora-auto" the
+# paper's form on square layers (general elsewhere), each with A trained and frozen
 VARIANTS = [("lora", True), ("lora", False), ("condlora", True), ("condlora", False), ("condlora-auto", True),
-            ("condlora-general", True)]
+            ("condlora-auto", False)]
 
 
 def adapter_config(method: str, **kw):
-    """The AdapterConfig of a test variant: "condlora-auto" / "condlora-general" set cond_form."""
+    """The AdapterConfig of a test variant: "condlora-<form>" sets cond_form."""
     from condlora import AdapterConfig
 
     if method.startswith("condlora-"):

@@ -147,7 +147,8 @@ def test_compare_with_itself_is_one_everywhere(tmp_path, base_dir, ids):
 def test_gpt2_conv1d_and_rectangular_layers(tmp_path, ids):
     base = tmp_path / "gpt2"
     tiny_gpt2().save_pretrained(base)
-    cfg = AdapterConfig(method="condlora", r=4, target_modules=["c_attn", "attn.c_proj", "mlp.c_proj"], cond_form="auto")
+    cfg = AdapterConfig(method="condlora", r=4, target_modules=["c_attn", "attn.c_proj", "mlp.c_proj"],
+                        cond_form="auto")
     save_adapter(few_steps(apply_adapter(tiny_gpt2(), cfg), ids), tmp_path / "cond")
     out = tmp_path / "out"
     assert run("--model", base, "--adapter", tmp_path / "cond", "--output-dir", out) == 0
