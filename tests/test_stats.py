@@ -123,3 +123,38 @@ def test_trivial_baseline_from_glue_files(tmp_path):
     assert trivial_baseline("mnli", str(glue)) == pytest.approx(100 * 5 / 13)
     assert trivial_baseline("cola", str(glue)) == 0.0 and trivial_baseline("stsb", str(glue)) == 0.0
     assert trivial_baseline("rte", str(glue), max_eval_samples=4) in {25.0, 50.0, 75.0, 100.0}
+
+
+def test_asymmetry_contrast_table(tmp_path):
+    """Both one-side-frozen LoRA rows in a study: Table 2c gives B-only − A-only paired by seed, per task and on
+    the average, in the Markdown and in table2_contrasts.csv; without both rows there is no Table 2c."""
+    import csv
+
+    from condlora.study.tables import build_table2, write_tables
+
+    scores = {("mrpc", "lora"): [80, 81, 82], ("mrpc", "lora-frozen-a"): [79, 81, 80],
+              ("mrpc", "lora-frozen-b"): [70, 73, 71], ("stsb", "lora"): [85, 86, 84],
+              ("stsb", "lora-frozen-a"): [84, 85, 85], ("stsb", "lora-frozen-b"): [60, 66, 63]}
+    runs = [{"task": t, "method": m, "seed": s, "test_score": v / 100, "trainable_params": 1, "head_params": 1,
+             "examples_per_sec": 1.0} for (t, m), vs in scores.items() for s, v in enumerate(vs)]
+    methods = ["lora", "lora-frozen-a", "lora-frozen-b"]
+    md, t = write_tables(runs, ["mrpc", "stsb"], methods, tmp_path, "h", {"mrpc": 68.0, "stsb": 0.0})
+    c = t.contrasts["lora-frozen-a", "lora-frozen-b"]
+    assert c["mrpc"].diff.mean == pytest.approx((9 + 8 + 9) / 3) and c["mrpc"].diff.n == 3
+    assert c["stsb"].diff.mean == pytest.approx((24 + 19 + 22) / 3)
+    assert c["avg"].diff.mean == pytest.approx(((9 + 24) / 2 + (8 + 19) / 2 + (9 + 22) / 2) / 3)
+    d = [9, 8, 9]  # mean 26/3, sd 1/sqrt(3): half-width t975(2) * sd / sqrt(3)
+    assert c["mrpc"].diff.half == pytest.approx(t975(2) * statistics_sd(d) / math.sqrt(3))
+    assert c["mrpc"].verdict == "better"
+    assert "Table 2c" in md and "| MRPC | LoRA B-only (A frozen) − LoRA A-only (B frozen) | +8.67 [" in md
+    rows = list(csv.DictReader((tmp_path / "table2_contrasts.csv").open()))
+    assert [(r["task"], r["method_a"], r["method_b"]) for r in rows] == [
+        (k, "lora-frozen-a", "lora-frozen-b") for k in ("mrpc", "stsb", "avg")]
+    assert float(rows[0]["delta"]) == pytest.approx(26 / 3)
+    assert build_table2(runs, ["mrpc"], ["lora", "lora-frozen-a"]).contrasts == {}
+
+
+def statistics_sd(xs: list[float]) -> float:
+    """Sample standard deviation, by hand."""
+    m = sum(xs) / len(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))

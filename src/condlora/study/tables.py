@@ -27,8 +27,9 @@ TASK_LABELS = {"mnli": "MNLI", "sst2": "SST-2", "mrpc": "MRPC", "cola": "CoLA",
 TASK_METRICS = {"mnli": "acc (matched)", "sst2": "acc", "mrpc": "acc", "cola": "MCC",
                 "qnli": "acc", "qqp": "acc", "rte": "acc", "stsb": "Pearson"}
 METHOD_LABELS = {"lora": "LoRA", "condlora": "CondLoRA", "condlora-general": "CondLoRA (general form)",
-                 "lora-frozen-a": "LoRA (frozen A)", "lora-frozen-b": "LoRA (frozen B)",
-                 "condlora-frozen-a": "CondLoRA (frozen A)", "condlora-frozen-b": "CondLoRA (frozen Θ_B)",
+                 "lora-frozen-a": "LoRA B-only (A frozen)", "lora-frozen-b": "LoRA A-only (B frozen)",
+                 "condlora-frozen-a": "CondLoRA Θ_B-only (Θ_A frozen)",
+                 "condlora-frozen-b": "CondLoRA Θ_A-only (Θ_B frozen)",
                  "full": "Full fine-tuning", "head": "Head only"}
 
 # Published numbers (Kim et al., LREC-COLING 2024, Tables 2 and 4: roberta-base, GLUE dev).
@@ -39,6 +40,9 @@ PUBLISHED_SOURCE = "published (Kim et al. 2024), roberta-base"
 PUBLISHED_AVG = {"lora": 83.38, "condlora": 83.42}
 PUBLISHED_PARAMS = {"lora": 294_912, "condlora": 24_576}
 PUBLISHED_SPEED = {"lora": 39.7, "condlora": 40.3}
+# Pairs compared with each other besides the reference when both are in a study (Table 2c): Zhu et al.'s
+# asymmetry claim is that training B (A frozen) beats training A (B frozen).
+CONTRASTS = (("lora-frozen-a", "lora-frozen-b"), ("condlora-frozen-a", "condlora-frozen-b"))
 
 
 @dataclass
@@ -52,6 +56,7 @@ class Table2:
     summary: dict[str, dict[str, Summary]] = field(default_factory=dict)  # method -> task|"avg"
     comparison: dict[str, dict[str, Comparison]] = field(default_factory=dict)  # methods[1:] -> task|"avg"
     gates: dict[str, Gate] = field(default_factory=dict)  # task -> gate of the reference
+    contrasts: dict[tuple[str, str], dict[str, Comparison]] = field(default_factory=dict)  # (a, b) -> a − b
 
     @property
     def learned(self) -> list[str]:
@@ -105,7 +110,17 @@ def build_table2(runs: list[dict], tasks: list[str], methods: list[str],
     for m in methods[1:]:
         t.comparison[m] = {k: compare(t.scores[ref].get(k, {}), t.scores[m].get(k, {})) for k in tasks}
         t.comparison[m]["avg"] = compare(seed_averages(t.scores[ref], t.learned), seed_averages(t.scores[m], t.learned))
+    for a, b in CONTRASTS:
+        if a in methods and b in methods:
+            t.contrasts[a, b] = _contrast(t, a, b)
     return t
+
+
+def _contrast(t: Table2, a: str, b: str) -> dict[str, Comparison]:
+    """a − b per task and on the average over the learned tasks, paired by seed."""
+    out = {k: compare(t.scores[b].get(k, {}), t.scores[a].get(k, {})) for k in t.tasks}
+    out["avg"] = compare(seed_averages(t.scores[b], t.learned), seed_averages(t.scores[a], t.learned))
+    return out
 
 
 @dataclass
@@ -250,6 +265,18 @@ def comparison_rows(t: Table2) -> list[list[str]]:
     return rows
 
 
+def contrast_rows(t: Table2) -> list[list[str]]:
+    """Table 2c: per task (and Avg.), each CONTRASTS pair a − b: Δ [CI], pairs, p-values, verdict."""
+    rows = [["Task", "Contrast", "Δ [95% CI]", "pairs", "p (t)", "p (Wilcoxon)", "Verdict"]]
+    for k in [*t.tasks, "avg"]:
+        for (a, b), by_task in t.contrasts.items():
+            c = by_task[k]
+            said = c.verdict if k == "avg" or t.gates[k].learned else "n/a: not learned"
+            rows.append([_task_label(t, k), f"{METHOD_LABELS[a]} − {METHOD_LABELS[b]}", _delta_cell(c),
+                         str(c.diff.n), _pval(c.p_t), _pval(c.p_wilcoxon), said])
+    return rows
+
+
 def gate_notes(t: Table2) -> str:
     """One line per task the sanity gate leaves out (or could not check), with the numbers."""
     lines = [f"† {TASK_LABELS.get(k, k)}: not learned at this budget ({t.gates[k].reason}); left out of Avg."
@@ -305,14 +332,33 @@ def table2_csv(t: Table2) -> str:
     return buf.getvalue()
 
 
+def contrasts_csv(t: Table2) -> str:
+    """Table 2c as tidy CSV: one row per task (or avg) x pair, delta = method_a − method_b, full precision."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["task", "method_a", "method_b", "delta", "delta_ci_low", "delta_ci_high", "pairs", "p_t",
+                "p_wilcoxon", "verdict"])
+    for k in [*t.tasks, "avg"]:
+        for (a, b), by_task in t.contrasts.items():
+            c = by_task[k]
+            w.writerow([k, a, b, repr(c.diff.mean), repr(c.diff.lo), repr(c.diff.hi), c.diff.n, repr(c.p_t),
+                        repr(c.p_wilcoxon), c.verdict])
+    return buf.getvalue()
+
+
 def write_tables(runs: list[dict], tasks: list[str], methods: list[str], out_dir: str | Path, header: str = "",
                  baselines: dict[str, float] | None = None) -> tuple[str, Table2]:
-    """Write table2/table4 .md and .csv under out_dir; returns both Markdown tables and Table 2."""
+    """Write table2/table4 .md and .csv (and table2_contrasts.csv, see CONTRASTS) under out_dir; returns both
+    Markdown tables and Table 2."""
     out = Path(out_dir)
     t2 = build_table2(runs, tasks, methods, baselines)
     t4 = build_table4(runs, methods)
     md2 = (caption(t2, header) + "\n" + markdown(table2_rows(t2)) + "\n" + gate_notes(t2)
            + "\nTable 2b: each method against " + METHOD_LABELS[methods[0]] + ".\n\n" + markdown(comparison_rows(t2)))
+    if t2.contrasts:
+        md2 += ("\nTable 2c: the one-side-frozen rows against each other (Δ = first − second, paired by seed; "
+                "verdicts as in Table 2b).\n\n" + markdown(contrast_rows(t2)))
+        write_text(out / "table2_contrasts.csv", contrasts_csv(t2))
     md4 = ("Table 4: trainable parameters and training examples/s (mean over this study's runs).\n\n"
            + markdown(table4_rows(t4)))
     write_text(out / "table2.md", md2)
