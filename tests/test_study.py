@@ -264,6 +264,27 @@ def test_grid_is_extended_while_the_best_lr_sits_at_an_edge(tmp_path):
     assert res["lr"] == 3e-4 and res["extended"] == [] and len(inside.calls) == 3
 
 
+def test_search_in_a_new_storage_reuses_finished_trial_folders(tmp_path):
+    """A search whose Optuna storage is new (lost, or another study's folder reused) trains nothing finished again,
+    finds each LR's folder whatever its trial number, and never trains over a folder holding another LR."""
+    first, again = FakeRun(), FakeRun()
+    old = search_grid("mrpc", "lora", {}, [1e-3, 2e-3, 5e-3], f"sqlite:///{tmp_path / 'a.db'}", tmp_path, run_fn=first)
+    root = tmp_path / "search" / "mrpc" / "lora"
+    (root / "trial1").rename(root / "trial9")  # the 2e-3 run under another number
+    (root / "trial1").mkdir()
+    (root / "trial1" / "config.json").write_text(json.dumps({"run": {"lr": 7e-3}}))  # an unfinished other LR
+    new = search_grid("mrpc", "lora", {}, [1e-3, 2e-3, 5e-3], f"sqlite:///{tmp_path / 'b.db'}", tmp_path,
+                      run_fn=again)
+    assert again.calls == [] and (new["lr"], new["extended"], new["val_score"]) == (
+        old["lr"], old["extended"], old["val_score"])
+    assert [Path(t["run_dir"]).name for t in new["trials"]] == ["trial0", "trial9", "trial2", "trial3", "trial4"]
+    fresh = FakeRun()
+    search_grid("rte", "lora", {}, [1e-3], f"sqlite:///{tmp_path / 'a.db'}", tmp_path, run_fn=fresh)
+    (tmp_path / "search" / "rte" / "lora" / "trial0" / "results.json").unlink()  # not finished: its LR, resumed
+    search_grid("rte", "lora", {}, [2e-3], f"sqlite:///{tmp_path / 'c.db'}", tmp_path, run_fn=fresh)
+    assert [Path(c["output_dir"]).name for c in fresh.calls] == ["trial0", "trial0-1"]
+
+
 def test_tpe_search_stays_in_lr_range(tmp_path):
     fake = FakeRun()
     db = f"sqlite:///{tmp_path / 'optuna.db'}"

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CondLoRAError, ConfigError
-from .runs import RunFn, run_once, train_run
+from .runs import RunFn, finished_run, run_config, run_once, same_run, train_run
 
 __all__ = ["LR_RANGE", "parse_lrs", "search_lr"]
 
@@ -149,8 +149,7 @@ def search_lr(task: str, method: str, base_cfg: dict[str, Any], n_trials: int, s
         # same LRs in lockstep, and a resumed or single-worker search stays reproducible
         study.sampler = optuna.samplers.TPESampler(seed=seed * 1_000_003 + trial.number)
         lr = trial.suggest_float("lr", lo, hi, log=True)  # a grid LR comes from the queue
-        # a retry of a killed worker's trial inherits its run_dir, so the training resumes from its checkpoint
-        run_dir = trial.user_attrs.get("run_dir") or str(root / f"trial{trial.number}")
+        run_dir = trial_dir(root, trial.number, method, seed, lr, trial.user_attrs.get("run_dir"))
         cfg = {**base_cfg, "task": task, "method": method, "seed": seed, "lr": lr, "output_dir": run_dir}
         score = _run_trial(trial, cfg, run_fn, catch if grid else ())
         if progress is not None:
@@ -159,6 +158,22 @@ def search_lr(task: str, method: str, base_cfg: dict[str, Any], n_trials: int, s
 
     _optimize(study, objective, n_trials, catch, poll_s, progress, f"{task}/{method}", root)
     return _summary(study, task, method)
+
+
+def trial_dir(root: Path, number: int, method: str, seed: int, lr: float, inherited: str | None = None) -> str:
+    """The folder of trial `number` at `lr`: a trial folder under `root` that finished this very run (a search
+    whose storage is new or was lost reuses it); else `inherited` (a retry of a killed worker's trial resumes
+    from its checkpoint); else `trial<number>`, or `trial<number>-<k>` when that one holds a run at another LR."""
+    want = {"seed": seed, "method": method, "lr": lr}
+    for d in sorted(root.glob("trial*")):
+        if (done := finished_run(d)) is not None and same_run(done, want):
+            return str(d)
+    if inherited:
+        return inherited
+    d, k = root / f"trial{number}", 1
+    while (cfg := run_config(d)) is not None and not math.isclose(float(cfg.get("lr", math.nan)), lr, rel_tol=1e-9):
+        d, k = root / f"trial{number}-{k}", k + 1
+    return str(d)
 
 
 def next_lr(best: float, lrs: Sequence[float]) -> float | None:
