@@ -33,7 +33,7 @@ def base_dir(tmp_path_factory) -> Path:
     return path
 
 
-def lora_adapter(base_dir: Path, path: Path, seed: int, kind: str) -> Path:
+def lora_adapter(base_dir: Path, path: Path, seed: int, kind: str, finished: bool = True) -> Path:
     """A LoRA adapter saved by real peft (as the runner saves `lora`): A, B planted, random, or B zero.
 
     planted: A_l = C·W0_lᵀ and B_l = W0_l·D with one C, D for every layer (a CondLoRA adapter saved as LoRA), so
@@ -55,6 +55,8 @@ def lora_adapter(base_dir: Path, path: Path, seed: int, kind: str) -> Path:
                 a.copy_(torch.randn(a.shape, generator=gen))
                 b.copy_(torch.randn(b.shape, generator=gen) if kind == "random" else torch.zeros_like(b))
     model.save_pretrained(path)
+    if finished:
+        (path.parent / "results.json").write_text("{}")  # the run's end: figure 1 reads only finished runs
     return path
 
 
@@ -69,12 +71,14 @@ def read_rows(study: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def study(base_dir, tmp_path_factory) -> tuple[Path, str, list]:
-    """rte: planted seeds 0-2; mrpc: random seeds 0-2; cola: B zero (unreadable); seed 3 missing everywhere."""
+    """rte: planted seeds 0-2; mrpc: random seeds 0-2 (seed 3 still training); cola: B zero (unreadable); seed 3
+    missing everywhere else."""
     out = tmp_path_factory.mktemp("study")
     for seed in range(3):
         lora_adapter(base_dir, adapter_path(out, "rte", seed), seed, "planted")
         lora_adapter(base_dir, adapter_path(out, "mrpc", seed), seed, "random")
     lora_adapter(base_dir, adapter_path(out, "cola", 0), 0, "zero_b")
+    lora_adapter(base_dir, adapter_path(out, "mrpc", 3), 3, "planted", finished=False)  # still training: skipped
     with pytest.warns(UserWarning) as caught:
         md = write_study_figure1(out, ["rte", "mrpc", "cola"], [0, 1, 2, 3], str(base_dir))
     return out, md, [str(w.message) for w in caught]
@@ -116,7 +120,8 @@ def test_random_adapter_does_not_exceed_the_control(study):
 def test_missing_and_unreadable_adapters_are_skipped_with_a_warning(study):
     out, md, messages = study
     for task, seeds in (("rte", "seed 3"), ("mrpc", "seed 3"), ("cola", "seeds 1, 2, 3")):
-        assert f"Figure 1 skips {task} {seeds}: no adapter at {out}/runs/{task}/lora/seed<k>/best_adapter" in messages
+        where = f"{out}/runs/{task}/lora/seed<k>/best_adapter"
+        assert f"Figure 1 skips {task} {seeds}: no adapter of a finished run at {where}" in messages
     assert any(m.startswith("Figure 1 skips cola seed 0:") for m in messages)
     assert "cola" not in md and not any(r["task"] == "cola" for r in read_rows(out))
 
@@ -138,6 +143,7 @@ def test_condlora_lora_format_and_one_seed(base_dir, tmp_path):
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape))
     save_adapter(model, adapter_path(tmp_path, "rte", 0, "lora-frozen-b"))
+    (adapter_path(tmp_path, "rte", 0, "lora-frozen-b").parent / "results.json").write_text("{}")
     md = write_study_figure1(tmp_path, ["rte"], [0], str(base_dir), method="lora-frozen-b")
     assert "with one seed (no spread to compare with) only the values: LoRA > control" in md
     assert "`lora-frozen-b`" in md and [r["seeds"] for r in read_rows(tmp_path)] == ["1"] * 4
@@ -148,7 +154,8 @@ def test_run_study_writes_figure1_and_rewrites_it_on_rerun(base_dir, tmp_path):
 
     def run(cfg: dict) -> dict:
         res = fake(cfg)
-        lora_adapter(base_dir, Path(cfg["output_dir"]) / "best_adapter", cfg["seed"], "planted")
+        path = Path(cfg["output_dir"]) / "best_adapter"
+        lora_adapter(base_dir, path, cfg["seed"], "planted", finished=False)  # FakeRun wrote results.json
         return res
 
     s = StudySettings(tasks="rte", methods="lora", output_dir=str(tmp_path / "s"), seeds=2, lr=1e-3, quiet=True,

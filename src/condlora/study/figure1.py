@@ -35,6 +35,11 @@ def adapter_dir(out: Path, task: str, method: str, seed: int) -> Path:
     return out / "runs" / task / method / f"seed{seed}" / "best_adapter"
 
 
+def finished_adapter(path: Path) -> bool:
+    """Whether `path` is the best adapter of a finished run (a run still training rewrites it)."""
+    return path.is_dir() and (path.parent / "results.json").exists()
+
+
 def analyze_adapter(path: Path, base, seed: int) -> dict[str, dict]:
     """`analyze_module_type` of every module type of the adapter at `path`, keyed by short name ('query')."""
     adapter = read_adapter(path, base)
@@ -46,11 +51,11 @@ def analyze_adapter(path: Path, base, seed: int) -> dict[str, dict]:
 
 def analyze_task(out: Path, task: str, seeds: list[int], base, method: str) -> dict[int, dict[str, dict]]:
     """Per seed with a readable adapter: its per-module-type results; a warning for every seed left out."""
-    missing = [s for s in seeds if not adapter_dir(out, task, method, s).is_dir()]
+    missing = [s for s in seeds if not finished_adapter(adapter_dir(out, task, method, s))]
     if missing:
         where = out / "runs" / task / method / "seed<k>" / "best_adapter"
         warnings.warn(f"Figure 1 skips {task} seed{'s' * (len(missing) > 1)} {', '.join(map(str, missing))}: "
-                      f"no adapter at {where}", stacklevel=2)
+                      f"no adapter of a finished run at {where}", stacklevel=2)
     results = {}
     for seed in (s for s in seeds if s not in missing):
         path = adapter_dir(out, task, method, seed)

@@ -16,6 +16,7 @@ from ..analyze.matrices import read_adapter
 from ..analyze.report import base_loader, compare_adapters, line_plot
 from ..errors import CondLoRAError
 from ..fileio import write_text
+from .figure1 import finished_adapter
 from .tables import mean_or_nan
 
 KINDS = (("A", "A"), ("B", "B"))
@@ -28,7 +29,7 @@ def compare_runs(out: Path, task: str, seeds: list[int], model: str, x: str, y: 
     rows = []
     for seed in seeds:
         dirs = [out / "runs" / task / m / f"seed{seed}" / "best_adapter" for m in (x, y)]
-        if not all(d.is_dir() for d in dirs):
+        if not all(finished_adapter(d) for d in dirs):
             continue
         try:
             pair = [read_adapter(d, base) for d in dirs]
