@@ -18,7 +18,7 @@ from condlora.errors import ConfigError
 from condlora.study.plots import validation_curves
 from condlora.study.progress import status_line, study_status, watch
 from condlora.study.study import PAPER_LR, parse_seeds, run_study
-from test_study import TEST, FakeRun, settings
+from test_study import TEST, FakeRun, glue_dir, settings
 
 
 def table2(tmp_path) -> dict[tuple[str, str], dict]:
@@ -224,3 +224,39 @@ def test_watch_prints_until_the_workers_finish(tmp_path, capsys):
     assert lines[2].endswith("1/1 trainings done (100%) · no worker running")
     assert cli.main(["study", "--status", "--watch", "0", "--output-dir", str(out)]) == 2
     assert "--watch must be > 0 seconds" in capsys.readouterr().err
+
+
+def test_tables_only_writes_tables_from_the_runs_so_far_and_trains_nothing(tmp_path):
+    """While a study runs: the LRs chosen so far (study.json), finished seeds, and the search trial standing in for
+    seed 0 before it is copied; pairs without a chosen LR stay empty; study.json is left to the workers."""
+    grid = {"lr_preset": None, "lr_grid": "1e-4,3e-4"}
+    with pytest.raises(ConfigError, match="no study.json"):
+        run_study(settings(tmp_path, tables_only=True, **grid))
+    run_study(settings(tmp_path, search_only=True, methods="lora", **grid), run_fn=FakeRun())  # LoRA's LRs only
+    study_json = (tmp_path / "study" / "study.json").read_text()
+    assert not (tmp_path / "study" / "runs").exists()  # no seed run yet, not even the copy of the search trial
+    record = run_study(settings(tmp_path, tables_only=True, **grid))  # no run_fn: nothing could train
+    rows = table2(tmp_path)
+    assert [(rows[t, "lora"]["n"], rows[t, "condlora"]["n"]) for t in ("rte", "mrpc")] == [("1", "0")] * 2
+    assert float(rows["rte", "lora"]["mean"]) == pytest.approx(100 * TEST["rte", "lora"][0])
+    assert {r["seed"] for r in record["runs"]} == {0} and len(record["runs"]) == 2
+    assert (tmp_path / "study" / "study.json").read_text() == study_json
+    more = FakeRun()
+    run_study(settings(tmp_path, **grid), run_fn=more)  # the study itself goes on: seeds 1, 2 and CondLoRA
+    assert {(c["method"], c["seed"]) for c in more.calls if c["method"] == "lora"} == {("lora", 1), ("lora", 2)}
+    run_study(settings(tmp_path, tables_only=True, **grid))
+    assert {table2(tmp_path)[k]["n"] for k in [("rte", "lora"), ("mrpc", "condlora"), ("avg", "condlora")]} == {"3"}
+    with pytest.raises(ConfigError, match="--tables-only and --search-only"):
+        settings(tmp_path, tables_only=True, search_only=True, **grid)
+
+
+def test_tables_only_from_the_command_line(tmp_path, capsys):
+    run_study(settings(tmp_path), run_fn=FakeRun())
+    (tmp_path / "study" / "table2.md").unlink()
+    args = ["study", "--tables-only", "--tasks", "rte,mrpc", "--methods", "lora,condlora", "--lr-preset", "paper",
+            "--model", "fake", "--epochs", "1", "--glue-dir", glue_dir(tmp_path), "--output-dir",
+            str(tmp_path / "study"), "--quiet"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "| LoRA | 69.67 ± 3.79 |" in out and f"wrote {tmp_path / 'study'}/table2.md/.csv" in out
+    assert (tmp_path / "study" / "table2.md").exists()

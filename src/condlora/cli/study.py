@@ -65,6 +65,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--search-seed", type=int, default=0, help="training seed of search runs and TPE seed (default 0)")
     p.add_argument("--search-only", action="store_true",
                    help="stop after the LR search (for extra workers sharing --storage)")
+    p.add_argument("--tables-only", action="store_true",
+                   help="write the tables and figures from the runs finished so far (at the LRs study.json records) "
+                        "and train nothing; safe while the study's workers run")
     p.add_argument("--skip-unlearned", action="store_true",
                    help="per task, train the first method (the reference) first, and the other methods only "
                         "where it clearly beat the trivial baseline (Table 2's sanity gate); a task it did not "
@@ -102,7 +105,8 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
     return StudySettings(tasks=tasks, methods=args.methods, output_dir=args.output_dir, seeds=args.seeds,
                          lr_search=args.lr_search, lr_grid=args.lr_grid, lr_range=args.lr_range,
                          lr_preset=args.lr_preset, lr=args.lr, storage=args.storage,
-                         search_seed=args.search_seed, search_only=args.search_only, quiet=args.quiet,
+                         search_seed=args.search_seed, search_only=args.search_only, tables_only=args.tables_only,
+                         quiet=args.quiet,
                          run_progress=args.run_progress, skip_unlearned=args.skip_unlearned,
                          run_args=run_args)
 
@@ -142,7 +146,8 @@ def main(args: argparse.Namespace) -> int:
             print(", ".join(f"{t}/{m}: lr={v['lr']:.4g} ({v['source']})" for m, v in by_m.items()))
         return 0
     print(record["tables"])
-    print(f"wrote {Path(s.output_dir) / 'study.json'}, table2.md/.csv, {', '.join(record['figures'])}, "
+    first = f"{Path(s.output_dir)}/" if s.tables_only else f"{Path(s.output_dir) / 'study.json'}, "
+    print(f"wrote {first}table2.md/.csv, {', '.join(record['figures'])}, "
           "table4.md/.csv" + (", table3.md/.csv/.png" if "Table 3:" in record["tables"] else "")
           + (", figure1.md/.csv and figure1_*.png" if "Figure 1 (" in record["tables"] else ""))
     return 0

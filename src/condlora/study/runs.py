@@ -1,16 +1,18 @@
-"""Finished-run bookkeeping shared by the study and its LR search: train one run, reuse a finished one, find the
-finished runs of a task x method on disk."""
+"""Finished-run bookkeeping shared by the study and its LR search: train one run, reuse a finished one, run the
+seeds of a task x method, find its finished runs on disk."""
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import CondLoRAError
+from ..fileio import replace_dir
 
 RunFn = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -102,3 +104,34 @@ def read_study_record(out_dir: str | Path) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError):
         return {}
     return rec if isinstance(rec, dict) else {}
+
+
+def _copy_finished_run(src: str | None, cfg: dict[str, Any]) -> None:
+    """Copy the run folder `src` to cfg's output_dir if it finished with cfg's seed, method and LR."""
+    dst = Path(cfg["output_dir"])
+    if src is None or (dst / "results.json").exists():
+        return
+    done = finished_run(src)
+    if done is not None and same_run(done, cfg):
+        replace_dir(dst, lambda tmp: shutil.copytree(src, tmp, dirs_exist_ok=True))
+
+
+def run_seeds(task: str, method: str, lr: float, base_cfg: dict[str, Any], seeds: int | Sequence[int],
+              output_dir: str | Path, run_fn: RunFn = train_run, progress=None, reuse: dict[int, str] | None = None
+              ) -> list[dict[str, Any]]:
+    """`seeds` (a count N: 0..N-1, or a list) at `lr` under output_dir/runs/<task>/<method>/seed<k>; finished
+    runs are reused.
+
+    `reuse` maps a seed to the folder of a finished identical run (the search trial of the chosen LR, trained
+    with the search seed): it is copied instead of trained again.
+    """
+    results = []
+    for seed in range(seeds) if isinstance(seeds, int) else sorted(set(seeds)):
+        cfg = {**base_cfg, "task": task, "method": method, "seed": seed, "lr": lr,
+               "output_dir": str(Path(output_dir) / "runs" / task / method / f"seed{seed}")}
+        set_aside_other_lr(cfg)  # seeds of an LR the study no longer uses
+        _copy_finished_run((reuse or {}).get(seed), cfg)
+        results.append({**run_once(cfg, run_fn), "task": task, "method": method, "seed": seed})
+        if progress is not None:
+            progress.update(1)
+    return results

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CondLoRAError, ConfigError
-from ..fileio import replace_dir, write_json
+from ..fileio import write_json
 from .plots import plot_search, write_plots
 from .progress import Progress
 from .runs import (
@@ -32,16 +31,16 @@ from .runs import (
     read_study_record,
     run_config,
     run_once,
+    run_seeds,
     same_run,
-    set_aside_other_lr,
     train_run,
 )
 from .search import LR_RANGE, NOT_IDENTITY, parse_lrs, search_grid, search_lr
 from .stats import Gate, gate, mean_ci, trivial_baseline
 from .tables import METHOD_LABELS, TASK_LABELS, paired_ttest, settings_line, table_score, write_tables
 
-__all__ = ["PAPER_LR", "StudySettings", "paired_ttest", "parse_seeds", "run_seeds", "run_study",
-           "search_lr", "write_tables"]
+__all__ = ["PAPER_LR", "StudySettings", "paired_ttest", "parse_seeds", "run_once", "run_seeds", "run_study",
+           "search_lr", "tables_only", "write_tables"]
 
 TASKS = tuple(TASK_LABELS)
 METHODS = tuple(METHOD_LABELS)
@@ -127,6 +126,7 @@ class StudySettings:
     storage: str | None = None  # Optuna RDB URL; default sqlite under output_dir/search
     search_seed: int = 0  # training seed of the search runs and seed of the TPE sampler
     search_only: bool = False
+    tables_only: bool = False  # write the tables from the finished runs on disk; train nothing
     quiet: bool = False  # no study progress bars
     run_progress: bool = False  # show each run's own progress bar and summary line
     skip_unlearned: bool = False  # train the other methods of a task only where the reference learned it
@@ -153,6 +153,8 @@ class StudySettings:
                                    ("--lr-preset", self.lr_preset), ("--lr", self.lr)) if v is not None]
         if self.searched and len(searches) > 1:
             raise ConfigError(f"{' and '.join(searches)} cannot be combined: choose one way to set the LR")
+        if self.tables_only and self.search_only:
+            raise ConfigError("--tables-only and --search-only cannot be combined")
         if (self.storage or self.search_only) and not self.searched:
             raise ConfigError("--storage and --search-only only make sense with --lr-search N or --lr-grid")
         if self.lr is not None and not self.lr > 0:
@@ -180,36 +182,6 @@ def _progress(total: int, desc: str, quiet: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="run", disable=quiet, leave=False)
-
-
-def run_seeds(task: str, method: str, lr: float, base_cfg: dict[str, Any], seeds: int | list[int],
-              output_dir: str | Path, run_fn: RunFn = train_run, progress=None, reuse: dict[int, str] | None = None
-              ) -> list[dict[str, Any]]:
-    """`seeds` (a count or a list) at `lr` under output_dir/runs/<task>/<method>/seed<k>; finished runs are reused.
-
-    `reuse` maps a seed to the folder of a finished identical run (the search trial of the chosen LR, trained
-    with the search seed): it is copied instead of trained again.
-    """
-    results = []
-    for seed in parse_seeds(seeds):
-        cfg = {**base_cfg, "task": task, "method": method, "seed": seed, "lr": lr,
-               "output_dir": str(Path(output_dir) / "runs" / task / method / f"seed{seed}")}
-        set_aside_other_lr(cfg)  # seeds of an LR the study no longer uses
-        _copy_finished_run((reuse or {}).get(seed), cfg)
-        results.append({**run_once(cfg, run_fn), "task": task, "method": method, "seed": seed})
-        if progress is not None:
-            progress.update(1)
-    return results
-
-
-def _copy_finished_run(src: str | None, cfg: dict[str, Any]) -> None:
-    """Copy the run folder `src` to cfg's output_dir if it finished with cfg's seed, method and LR."""
-    dst = Path(cfg["output_dir"])
-    if src is None or (dst / "results.json").exists():
-        return
-    done = finished_run(src)
-    if done is not None and same_run(done, cfg):
-        replace_dir(dst, lambda tmp: shutil.copytree(src, tmp, dirs_exist_ok=True))
 
 
 def choose_lr(task: str, method: str, s: StudySettings, base_cfg: dict[str, Any], run_fn: RunFn,
@@ -289,7 +261,7 @@ def write_outputs(s: StudySettings, record: dict[str, Any], cached: dict[str, fl
     """Tables 2, 3, 4 and the figures from every finished seed on disk; fills record's runs/baselines/tables."""
     out = Path(s.output_dir)
     runs = [r for t in s.tasks for m in s.methods if m in record["lr"].get(t, {})
-            for r in found_runs(out, t, m, record["lr"][t][m]["lr"])]
+            for r in _runs_on_disk(out, t, m, record["lr"][t][m], s.search_seed)]
     record["runs"], record["baselines"] = runs, baselines(s.tasks, s.run_args, cached)
     record["tables"], t2 = write_tables(runs, s.tasks, s.methods, out, _header(runs, s.run_args),
                                         record["baselines"])
@@ -308,6 +280,31 @@ def write_outputs(s: StudySettings, record: dict[str, Any], cached: dict[str, fl
     return record
 
 
+def _runs_on_disk(out: Path, task: str, method: str, chosen: dict[str, Any], search_seed: int) -> list[dict]:
+    """The finished seeds at the chosen LR, with the search trial standing in for the search seed until the
+    study has copied it (tables written while workers run)."""
+    runs = found_runs(out, task, method, chosen["lr"])
+    trial = finished_run(chosen["run_dir"]) if chosen.get("run_dir") else None
+    want = {"seed": search_seed, "method": method, "lr": chosen["lr"]}
+    if trial is not None and search_seed not in {r["seed"] for r in runs} and same_run(trial, want):
+        runs = sorted([*runs, {**trial, "task": task, "run_dir": chosen["run_dir"]}], key=lambda r: r["seed"])
+    return runs
+
+
+def tables_only(s: StudySettings) -> dict[str, Any]:
+    """--tables-only: Tables 2-4 and the figures from the finished runs on disk, at the LRs study.json records
+    (pairs whose LR is not chosen yet are left empty); trains nothing and leaves study.json to the workers."""
+    out = Path(s.output_dir)
+    saved = _check_same_study(out / "study.json", s)
+    if not saved:
+        raise ConfigError(f"--tables-only: no study.json in {out}; run the study first")
+    cached = {t: v for t, v in saved.get("baselines", {}).items() if isinstance(v, (int, float)) and not math.isnan(v)}
+    lrs = saved.get("lr") or {}
+    record = {"settings": asdict(s), "lr": {t: {m: v for m, v in lrs.get(t, {}).items() if m in s.methods}
+                                            for t in s.tasks}, "runs": []}
+    return write_outputs(s, record, cached)
+
+
 def _figure1(s: StudySettings, runs: list[dict[str, Any]]) -> str:
     """Figure 1 (figure1.md/.csv/.png) from the reference LoRA's best adapters; its markdown, or ''."""
     from ..runner.models import quiet_loading
@@ -322,6 +319,8 @@ def _figure1(s: StudySettings, runs: list[dict[str, Any]]) -> str:
 
 def run_study(s: StudySettings, run_fn: RunFn = train_run) -> dict[str, Any]:
     """Choose LRs, run the seeds, write study.json, the tables and figures; returns the study.json record."""
+    if s.tables_only:
+        return tables_only(s)
     out = Path(s.output_dir)
     cached = {t: v for t, v in _check_same_study(out / "study.json", s).get("baselines", {}).items()
               if isinstance(v, (int, float)) and not math.isnan(v)}
