@@ -261,7 +261,7 @@ def write_outputs(s: StudySettings, record: dict[str, Any], cached: dict[str, fl
     """Tables 2, 3, 4 and the figures from every finished seed on disk; fills record's runs/baselines/tables."""
     out = Path(s.output_dir)
     runs = [r for t in s.tasks for m in s.methods if m in record["lr"].get(t, {})
-            for r in _runs_on_disk(out, t, m, record["lr"][t][m], s.search_seed)]
+            for r in _runs_on_disk(out, t, m, record["lr"][t][m], s.search_seed if s.tables_only else None)]
     record["runs"], record["baselines"] = runs, baselines(s.tasks, s.run_args, cached)
     record["tables"], t2 = write_tables(runs, s.tasks, s.methods, out, _header(runs, s.run_args),
                                         record["baselines"])
@@ -280,11 +280,11 @@ def write_outputs(s: StudySettings, record: dict[str, Any], cached: dict[str, fl
     return record
 
 
-def _runs_on_disk(out: Path, task: str, method: str, chosen: dict[str, Any], search_seed: int) -> list[dict]:
-    """The finished seeds at the chosen LR, with the search trial standing in for the search seed until the
-    study has copied it (tables written while workers run)."""
+def _runs_on_disk(out: Path, task: str, method: str, chosen: dict[str, Any], search_seed: int | None) -> list[dict]:
+    """The finished seeds at the chosen LR; with a `search_seed` (--tables-only, while workers run), the search
+    trial of the chosen LR stands in for that seed until the study has copied it."""
     runs = found_runs(out, task, method, chosen["lr"])
-    trial = finished_run(chosen["run_dir"]) if chosen.get("run_dir") else None
+    trial = finished_run(chosen["run_dir"]) if chosen.get("run_dir") and search_seed is not None else None
     want = {"seed": search_seed, "method": method, "lr": chosen["lr"]}
     if trial is not None and search_seed not in {r["seed"] for r in runs} and same_run(trial, want):
         runs = sorted([*runs, {**trial, "task": task, "run_dir": chosen["run_dir"]}], key=lambda r: r["seed"])
