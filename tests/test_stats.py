@@ -152,6 +152,12 @@ def test_asymmetry_contrast_table(tmp_path):
         (k, "lora-frozen-a", "lora-frozen-b") for k in ("mrpc", "stsb", "avg")]
     assert float(rows[0]["delta"]) == pytest.approx(26 / 3)
     assert build_table2(runs, ["mrpc"], ["lora", "lora-frozen-a"]).contrasts == {}
+    forms = [{**r, "method": {"lora-frozen-a": "condlora-general", "lora-frozen-b": "condlora"}.get(r["method"],
+                                                                                                   r["method"])}
+             for r in runs]
+    t = build_table2(forms, ["mrpc", "stsb"], ["lora", "condlora", "condlora-general"], {"mrpc": 68.0, "stsb": 0.0})
+    assert list(t.contrasts) == [("condlora-general", "condlora")]  # the general form against the paper's
+    assert t.contrasts["condlora-general", "condlora"]["mrpc"].diff.mean == pytest.approx(26 / 3)
 
 
 def statistics_sd(xs: list[float]) -> float:

@@ -40,9 +40,10 @@ PUBLISHED_SOURCE = "published (Kim et al. 2024), roberta-base"
 PUBLISHED_AVG = {"lora": 83.38, "condlora": 83.42}
 PUBLISHED_PARAMS = {"lora": 294_912, "condlora": 24_576}
 PUBLISHED_SPEED = {"lora": 39.7, "condlora": 40.3}
-# Pairs compared with each other besides the reference when both are in a study (Table 2c): Zhu et al.'s
-# asymmetry claim is that training B (A frozen) beats training A (B frozen).
-CONTRASTS = (("lora-frozen-a", "lora-frozen-b"), ("condlora-frozen-a", "condlora-frozen-b"))
+# Pairs compared with each other besides the reference when both are in a study (Table 2c): CondLoRA's two
+# forms; Zhu et al.'s asymmetry claim, that training B (A frozen) beats training A (B frozen).
+CONTRASTS = (("condlora-general", "condlora"), ("lora-frozen-a", "lora-frozen-b"),
+             ("condlora-frozen-a", "condlora-frozen-b"))
 
 
 @dataclass
@@ -356,8 +357,8 @@ def write_tables(runs: list[dict], tasks: list[str], methods: list[str], out_dir
     md2 = (caption(t2, header) + "\n" + markdown(table2_rows(t2)) + "\n" + gate_notes(t2)
            + "\nTable 2b: each method against " + METHOD_LABELS[methods[0]] + ".\n\n" + markdown(comparison_rows(t2)))
     if t2.contrasts:
-        md2 += ("\nTable 2c: the one-side-frozen rows against each other (Δ = first − second, paired by seed; "
-                "verdicts as in Table 2b).\n\n" + markdown(contrast_rows(t2)))
+        md2 += ("\nTable 2c: pairs of rows against each other (Δ = first − second, paired by seed; verdicts as in "
+                "Table 2b).\n\n" + markdown(contrast_rows(t2)))
         write_text(out / "table2_contrasts.csv", contrasts_csv(t2))
     md4 = ("Table 4: trainable parameters and training examples/s (mean over this study's runs).\n\n"
            + markdown(table4_rows(t4)))
