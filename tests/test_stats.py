@@ -70,7 +70,7 @@ def test_wilcoxon_exact_by_hand():
     assert wilcoxon_p([1.0, -2.0, 3.0, 4.0]) == pytest.approx(6 / 16)
 
 
-@pytest.mark.parametrize("d, want", [([], "undecided"), ([1.5], "undecided"),
+@pytest.mark.parametrize("d, want", [([], "no pairs yet"), ([1.5], "undecided"),
                                      ([0.0, 0.0, 0.0], "on par")])  # identical scores: CI [0, 0]
 def test_undefined_p_values(d, want):
     assert math.isnan(wilcoxon_p(d))

@@ -6,7 +6,7 @@ All scores are x100 (points). Rules, in one place:
 * CI: t-distribution with n-1 degrees of freedom; undefined (NaN) for n < 2.
 * Verdict on the difference (method - reference): "on par" when its whole CI lies within ±EQUIVALENCE_MARGIN
   points (even if it excludes 0: a difference that small is negligible here); else "better" / "worse" when the
-  whole CI lies above / below 0; else "undecided" (also when n < 2).
+  whole CI lies above / below 0; else "undecided" (also when n < 2; "no pairs yet" when n = 0).
 * Sanity gate: a task is learned when the reference's mean beats the baseline by more than LEARNED_MARGIN points
   and by more than the half-width of its own 95% CI (i.e. the CI's lower end is above the baseline).
 """
@@ -100,7 +100,10 @@ def wilcoxon_p(d: Sequence[float]) -> float:
 
 
 def verdict(diff: Summary, margin: float = EQUIVALENCE_MARGIN) -> str:
-    """'on par', 'better', 'worse' or 'undecided' from the CI of a difference (see the module docstring)."""
+    """'on par', 'better', 'worse' or 'undecided' from the CI of a difference (see the module docstring);
+    'no pairs yet' without a single seed pair."""
+    if diff.n == 0:
+        return "no pairs yet"
     if diff.n < 2 or math.isnan(diff.half):
         return "undecided"
     if -margin <= diff.lo and diff.hi <= margin:
