@@ -35,10 +35,15 @@ def finished_run(run_dir: str | Path) -> dict[str, Any] | None:
         return None
 
 
+def same_lr(recorded: Any, lr: float) -> bool:
+    """Whether a recorded LR (None or missing: no) is `lr`, up to float round-off."""
+    return math.isclose(float(math.nan if recorded is None else recorded), lr, rel_tol=1e-9)
+
+
 def same_run(done: dict[str, Any], cfg: dict[str, Any]) -> bool:
     """Whether the finished results `done` were trained with cfg's seed, method and LR."""
-    same_lr = math.isclose(float(done.get("lr", math.nan)), cfg["lr"], rel_tol=1e-9)
-    return done.get("seed") == cfg["seed"] and done.get("method") == cfg["method"] and same_lr
+    same_seed_method = done.get("seed") == cfg["seed"] and done.get("method") == cfg["method"]
+    return same_seed_method and same_lr(done.get("lr"), cfg["lr"])
 
 
 def run_once(cfg: dict[str, Any], run_fn: RunFn) -> dict[str, Any]:
@@ -85,7 +90,7 @@ def set_aside_other_lr(cfg: dict[str, Any]) -> Path | None:
     """
     run_dir = Path(cfg["output_dir"])
     old = (run_config(run_dir) or {}).get("lr")
-    if old is None or math.isclose(float(old), cfg["lr"], rel_tol=1e-9):
+    if old is None or same_lr(old, cfg["lr"]):
         return None
     dst, k = run_dir.with_name(f"{run_dir.name}-lr{old:g}"), 1
     while dst.exists():

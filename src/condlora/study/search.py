@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CondLoRAError, ConfigError
-from .runs import RunFn, finished_run, run_config, run_once, same_run, train_run
+from .runs import RunFn, finished_run, run_config, run_once, same_lr, same_run, train_run
 
 __all__ = ["LR_RANGE", "parse_lrs", "search_lr"]
 
@@ -171,7 +171,7 @@ def trial_dir(root: Path, number: int, method: str, seed: int, lr: float, inheri
     if inherited:
         return inherited
     d, k = root / f"trial{number}", 1
-    while (cfg := run_config(d)) is not None and not math.isclose(float(cfg.get("lr", math.nan)), lr, rel_tol=1e-9):
+    while (cfg := run_config(d)) is not None and not same_lr(cfg.get("lr"), lr):
         d, k = root / f"trial{number}-{k}", k + 1
     return str(d)
 

@@ -291,6 +291,11 @@ def _runs_on_disk(out: Path, task: str, method: str, chosen: dict[str, Any], sea
     return runs
 
 
+def _cached_baselines(saved: dict[str, Any]) -> dict[str, float]:
+    """The trivial baselines a saved study.json holds (unknown ones left out, to be read again)."""
+    return {t: v for t, v in saved.get("baselines", {}).items() if isinstance(v, (int, float)) and not math.isnan(v)}
+
+
 def tables_only(s: StudySettings) -> dict[str, Any]:
     """--tables-only: Tables 2-4 and the figures from the finished runs on disk, at the LRs study.json records
     (pairs whose LR is not chosen yet are left empty); trains nothing and leaves study.json to the workers."""
@@ -298,7 +303,7 @@ def tables_only(s: StudySettings) -> dict[str, Any]:
     saved = _check_same_study(out / "study.json", s)
     if not saved:
         raise ConfigError(f"--tables-only: no study.json in {out}; run the study first")
-    cached = {t: v for t, v in saved.get("baselines", {}).items() if isinstance(v, (int, float)) and not math.isnan(v)}
+    cached = _cached_baselines(saved)
     lrs = saved.get("lr") or {}
     record = {"settings": asdict(s), "lr": {t: {m: v for m, v in lrs.get(t, {}).items() if m in s.methods}
                                             for t in s.tasks}, "runs": []}
@@ -322,8 +327,7 @@ def run_study(s: StudySettings, run_fn: RunFn = train_run) -> dict[str, Any]:
     if s.tables_only:
         return tables_only(s)
     out = Path(s.output_dir)
-    cached = {t: v for t, v in _check_same_study(out / "study.json", s).get("baselines", {}).items()
-              if isinstance(v, (int, float)) and not math.isnan(v)}
+    cached = _cached_baselines(_check_same_study(out / "study.json", s))
     record: dict[str, Any] = {"settings": asdict(s), "versions": _versions(), "lr": {}, "runs": [], "complete": False}
     pairs = [(t, m) for t in s.tasks for m in s.methods]
     reused = s.search_seed if s.searched and s.search_seed in s.seeds else None

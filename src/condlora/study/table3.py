@@ -16,7 +16,7 @@ from ..analyze.matrices import read_adapter
 from ..analyze.report import base_loader, compare_adapters, line_plot
 from ..errors import CondLoRAError
 from ..fileio import write_text
-from .figure1 import finished_adapter
+from .figure1 import adapter_dir, finished_adapter
 from .tables import mean_or_nan
 
 KINDS = (("A", "A"), ("B", "B"))
@@ -28,7 +28,7 @@ def compare_runs(out: Path, task: str, seeds: list[int], model: str, x: str, y: 
     base = base_loader(model, None, trust_remote_code)
     rows = []
     for seed in seeds:
-        dirs = [out / "runs" / task / m / f"seed{seed}" / "best_adapter" for m in (x, y)]
+        dirs = [adapter_dir(out, task, m, seed) for m in (x, y)]
         if not all(finished_adapter(d) for d in dirs):
             continue
         try:

@@ -108,16 +108,12 @@ def build_table2(runs: list[dict], tasks: list[str], methods: list[str],
     t.gates = {k: gate(t.summary[ref][k], (baselines or {}).get(k, math.nan), METHOD_LABELS[ref]) for k in tasks}
     for m in methods:
         t.summary[m]["avg"] = _average(t, m)
-    for m in methods[1:]:
-        t.comparison[m] = {k: compare(t.scores[ref].get(k, {}), t.scores[m].get(k, {})) for k in tasks}
-        t.comparison[m]["avg"] = compare(seed_averages(t.scores[ref], t.learned), seed_averages(t.scores[m], t.learned))
-    for a, b in CONTRASTS:
-        if a in methods and b in methods:
-            t.contrasts[a, b] = _contrast(t, a, b)
+    t.comparison = {m: _paired(t, m, ref) for m in methods[1:]}
+    t.contrasts = {(a, b): _paired(t, a, b) for a, b in CONTRASTS if a in methods and b in methods}
     return t
 
 
-def _contrast(t: Table2, a: str, b: str) -> dict[str, Comparison]:
+def _paired(t: Table2, a: str, b: str) -> dict[str, Comparison]:
     """a − b per task and on the average over the learned tasks, paired by seed."""
     out = {k: compare(t.scores[b].get(k, {}), t.scores[a].get(k, {})) for k in t.tasks}
     out["avg"] = compare(seed_averages(t.scores[b], t.learned), seed_averages(t.scores[a], t.learned))
@@ -261,8 +257,7 @@ def comparison_rows(t: Table2) -> list[list[str]]:
                 rows.append(row + ["reference", "", "", "", ""])
                 continue
             c = t.comparison[m][k]
-            said = c.verdict if k == "avg" or t.gates[k].learned else "n/a: not learned"
-            rows.append(row + [_delta_cell(c), str(c.diff.n), _pval(c.p_t), _pval(c.p_wilcoxon), said])
+            rows.append(row + [_delta_cell(c), str(c.diff.n), _pval(c.p_t), _pval(c.p_wilcoxon), _said(t, k, c)])
     return rows
 
 
@@ -272,10 +267,14 @@ def contrast_rows(t: Table2) -> list[list[str]]:
     for k in [*t.tasks, "avg"]:
         for (a, b), by_task in t.contrasts.items():
             c = by_task[k]
-            said = c.verdict if k == "avg" or t.gates[k].learned else "n/a: not learned"
             rows.append([_task_label(t, k), f"{METHOD_LABELS[a]} − {METHOD_LABELS[b]}", _delta_cell(c),
-                         str(c.diff.n), _pval(c.p_t), _pval(c.p_wilcoxon), said])
+                         str(c.diff.n), _pval(c.p_t), _pval(c.p_wilcoxon), _said(t, k, c)])
     return rows
+
+
+def _said(t: Table2, k: str, c: Comparison) -> str:
+    """The verdict shown for task (or "avg") k: n/a on a task the reference did not learn."""
+    return c.verdict if k == "avg" or t.gates[k].learned else "n/a: not learned"
 
 
 def gate_notes(t: Table2) -> str:
@@ -323,8 +322,7 @@ def table2_csv(t: Table2) -> str:
         for m in t.methods:
             s = t.summary[m][k]
             c = t.comparison.get(m, {}).get(k)
-            cmp = ([repr(c.diff.mean), repr(c.diff.lo), repr(c.diff.hi), c.diff.n, repr(c.p_t), repr(c.p_wilcoxon),
-                    c.verdict] if c else [""] * 7)
+            cmp = _comparison_cells(c) if c else [""] * 7
             w.writerow([k, m, "this study", s.n, repr(s.mean), repr(s.lo), repr(s.hi), *cmp,
                         repr(g.baseline) if g else "", g.learned if g else ""])
     for m in t.methods:
@@ -341,10 +339,13 @@ def contrasts_csv(t: Table2) -> str:
                 "p_wilcoxon", "verdict"])
     for k in [*t.tasks, "avg"]:
         for (a, b), by_task in t.contrasts.items():
-            c = by_task[k]
-            w.writerow([k, a, b, repr(c.diff.mean), repr(c.diff.lo), repr(c.diff.hi), c.diff.n, repr(c.p_t),
-                        repr(c.p_wilcoxon), c.verdict])
+            w.writerow([k, a, b, *_comparison_cells(by_task[k])])
     return buf.getvalue()
+
+
+def _comparison_cells(c: Comparison) -> list:
+    """CSV cells of a comparison: delta, its CI, pairs, p-values, verdict (full precision)."""
+    return [repr(c.diff.mean), repr(c.diff.lo), repr(c.diff.hi), c.diff.n, repr(c.p_t), repr(c.p_wilcoxon), c.verdict]
 
 
 def write_tables(runs: list[dict], tasks: list[str], methods: list[str], out_dir: str | Path, header: str = "",
