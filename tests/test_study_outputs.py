@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from condlora import cli
-from condlora.errors import ConfigError
+from condlora.errors import CondLoRAError, ConfigError
 from condlora.study.plots import validation_curves
 from condlora.study.progress import status_line, study_status, watch
 from condlora.study.study import PAPER_LR, parse_seeds, run_study
@@ -246,6 +246,8 @@ def test_tables_only_writes_tables_from_the_runs_so_far_and_trains_nothing(tmp_p
     assert {(c["method"], c["seed"]) for c in more.calls if c["method"] == "lora"} == {("lora", 1), ("lora", 2)}
     run_study(settings(tmp_path, tables_only=True, **grid))
     assert {table2(tmp_path)[k]["n"] for k in [("rte", "lora"), ("mrpc", "condlora"), ("avg", "condlora")]} == {"3"}
+    with pytest.raises(CondLoRAError, match=r"other run settings \(epochs\); pass the flags the study was run with"):
+        run_study(settings(tmp_path, tables_only=True, run_args={"model": "fake", "epochs": 2}, **grid))
     with pytest.raises(ConfigError, match="--tables-only and --search-only"):
         settings(tmp_path, tables_only=True, search_only=True, **grid)
 

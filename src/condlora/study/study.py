@@ -212,7 +212,7 @@ def _versions() -> dict[str, str]:
     return versions()
 
 
-def _check_same_study(path: Path, s: StudySettings) -> dict[str, Any]:
+def _check_same_study(path: Path, s: StudySettings, hint: str = "use another --output-dir") -> dict[str, Any]:
     """The saved study.json record (empty if none); an error if its run settings differ (seeds may differ)."""
     if not path.exists():
         return {}
@@ -221,8 +221,7 @@ def _check_same_study(path: Path, s: StudySettings) -> dict[str, Any]:
     new = json.loads(json.dumps(s.run_args, default=str))
     diff = sorted(k for k in set(old) | set(new) if k not in NOT_IDENTITY and old.get(k) != new.get(k))
     if diff:
-        raise CondLoRAError(f"{path} was made with other run settings ({', '.join(diff)}); "
-                            "use another --output-dir")
+        raise CondLoRAError(f"{path} was made with other run settings ({', '.join(diff)}); {hint}")
     return saved
 
 
@@ -300,7 +299,7 @@ def tables_only(s: StudySettings) -> dict[str, Any]:
     """--tables-only: Tables 2-4 and the figures from the finished runs on disk, at the LRs study.json records
     (pairs whose LR is not chosen yet are left empty); trains nothing and leaves study.json to the workers."""
     out = Path(s.output_dir)
-    saved = _check_same_study(out / "study.json", s)
+    saved = _check_same_study(out / "study.json", s, "pass the flags the study was run with")
     if not saved:
         raise ConfigError(f"--tables-only: no study.json in {out}; run the study first")
     cached = _cached_baselines(saved)
