@@ -353,6 +353,39 @@ def load_shared(tmp_path):
     return runs, study.trials
 
 
+GRID_WORKER = """
+import os, sys
+from condlora.study.search import search_grid
+out, db = sys.argv[1:3]
+
+def run(cfg):
+    if os.environ.get("CRASH") and cfg["lr"] not in (1e-3, 2e-3, 5e-3):
+        os._exit(3)  # killed during the grid's extension: that trial stays RUNNING in the storage
+    with open(os.path.join(out, "calls.txt"), "a") as f:
+        f.write(f"{cfg['lr']}\\n")
+    return {"val_score": 1.0 - abs(cfg["lr"] - 3e-4), "seed": cfg["seed"], "lr": cfg["lr"], "method": cfg["method"]}
+
+print(search_grid("mrpc", "lora", {}, [1e-3, 2e-3, 5e-3], db, out, run_fn=run, heartbeat=1, poll_s=0.2)["lr"])
+"""
+
+
+def test_grid_extension_of_a_killed_worker_is_completed_before_the_lr_is_chosen(tmp_path):
+    """A worker killed while training the grid's extension leaves it RUNNING: the next call trains it (and any
+    further step) instead of counting it as tried and keeping the edge LR."""
+    script, db = tmp_path / "grid_worker.py", f"sqlite:///{tmp_path / 'shared.db'}"
+    script.write_text(textwrap.dedent(GRID_WORKER))
+    env = {**os.environ, "PYTHONPATH": SRC}
+    crashed = subprocess.run([sys.executable, str(script), str(tmp_path), db], env={**env, "CRASH": "1"},
+                             capture_output=True, text=True, timeout=120)
+    assert crashed.returncode == 3, crashed.stderr
+    worker = subprocess.run([sys.executable, str(script), str(tmp_path), db], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert worker.returncode == 0, worker.stderr
+    calls = [float(x) for x in (tmp_path / "calls.txt").read_text().split()]
+    assert calls == [1e-3, 2e-3, 5e-3, 5e-4, 2.5e-4]  # the killed 5e-4 trial run again, then the next step
+    assert float(worker.stdout.split()[-1]) == 2.5e-4
+
+
 def test_two_workers_share_one_study_without_duplicates_or_losses(tmp_path):
     procs = start_workers(tmp_path, 2, 8)
     errs = [p.communicate(timeout=120)[1] for p in procs]

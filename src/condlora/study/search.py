@@ -190,13 +190,17 @@ def search_grid(task: str, method: str, base_cfg: dict[str, Any], grid: Sequence
                 **kwargs: Any) -> dict[str, Any]:
     """`search_lr` over `grid`, extended one LR at a time while the best sits at an edge (`max_extend` at most).
 
-    Resumes like `search_lr`: LRs added by an earlier call are found again, in the same order.
+    Resumes like `search_lr`: LRs added by an earlier call are found again, in the same order, and completed
+    first when that call was killed before they finished.
     """
     extra: list[float] = []
     while True:
         found = search_lr(task, method, base_cfg, 0, storage, output_dir, run_fn, grid=grid, extra=extra, **kwargs)
         trials = sorted((t for t in found["trials"] if t["lr"] is not None), key=lambda t: t["number"])
-        extra = list(dict.fromkeys(t["lr"] for t in trials if t["lr"] not in grid))  # also an earlier call's
+        earlier = list(dict.fromkeys(t["lr"] for t in trials if t["lr"] not in grid))
+        if earlier != extra:  # an earlier call's extension, maybe unfinished: complete it before deciding
+            extra = earlier
+            continue
         step = next_lr(found["lr"], [*grid, *extra])
         if step is None or len(extra) >= max_extend or step in extra:
             return {**found, "grid": sorted(set(grid)), "extended": extra}
