@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import socket
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 
 from condlora import cli
 from condlora.errors import CondLoRAError, ConfigError
-from condlora.study.plots import validation_curves
+from condlora.study.plots import baseline_in_view, validation_curves
 from condlora.study.progress import status_line, study_status, watch
 from condlora.study.study import PAPER_LR, parse_seeds, run_study
 from test_study import TEST, FakeRun, glue_dir, settings
@@ -136,6 +137,13 @@ def test_figures_are_written(tmp_path):
     curves = validation_curves(record["runs"], ["rte", "mrpc"], ["lora", "condlora"])
     seed, by_method = curves["rte"]
     assert seed == 0 and [step for step, _ in by_method["lora"]] == [5, 10, 15]
+
+
+def test_seed_plot_leaves_out_a_baseline_that_would_squash_the_dots():
+    assert baseline_in_view(68.38, [76.0, 77.5, 78.4])  # MRPC: majority class within reach, drawn
+    assert not baseline_in_view(0.0, [82.6, 83.4, 85.6])  # STS-B: Pearson 0 far below, left as a note
+    assert baseline_in_view(0.0, [-2.0, 15.0, 27.7])  # CoLA: MCC 0 among the seeds, drawn
+    assert baseline_in_view(50.0, []) and not baseline_in_view(math.nan, [1.0])
 
 
 def write_progress(out: Path, pid: int, current: dict | None, pairs: list, seeds: list[int], n_trials: int = 0,

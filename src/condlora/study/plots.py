@@ -54,6 +54,18 @@ def plot_table2(t: Table2, path: str | Path) -> None:
     _save(fig, path)
 
 
+def baseline_in_view(baseline: float, values: list[float]) -> bool:
+    """Whether a baseline line fits a panel of `values` without squashing them: within one span of their range
+    (at least 10 points) from it."""
+    if math.isnan(baseline):
+        return False
+    if not values:
+        return True
+    lo, hi = min(values), max(values)
+    room = max(hi - lo, 10.0)
+    return lo - room <= baseline <= hi + room
+
+
 def plot_seeds(t: Table2, path: str | Path) -> None:
     """One panel per task: every seed's score as a dot per method (x), the mean as a bar, the trivial baseline."""
     fig, axes = _panels(len(t.tasks), width=max(2.6, 0.8 + 0.5 * len(t.methods)), height=3.6)
@@ -65,12 +77,15 @@ def plot_seeds(t: Table2, path: str | Path) -> None:
             ax.scatter(xs, [by_seed[s] for s in sorted(by_seed)], s=16, color=_colour(m), zorder=3)
             if n:
                 ax.hlines(t.summary[m][k].mean, i - 0.3, i + 0.3, color="black", lw=1.5, zorder=4)
-        if not math.isnan(t.gates[k].baseline):
-            ax.axhline(t.gates[k].baseline, color="grey", ls=":", lw=1)
+        base, note = t.gates[k].baseline, ""
+        if baseline_in_view(base, [v for m in t.methods for v in t.scores[m].get(k, {}).values()]):
+            ax.axhline(base, color="grey", ls=":", lw=1)
+        elif not math.isnan(base):  # far from the dots: a line there would squash them together
+            note = f"\ntrivial baseline {base:.2f}, off scale"
         ax.set_xticks(range(len(t.methods)), [METHOD_LABELS[m] for m in t.methods], rotation=40, ha="right",
                       fontsize=7)
         ax.set_xlim(-0.6, len(t.methods) - 0.4)
-        ax.set_title(TASK_LABELS.get(k, k) + ("" if t.gates[k].learned else " († not learned)"), fontsize=9)
+        ax.set_title(TASK_LABELS.get(k, k) + ("" if t.gates[k].learned else " († not learned)") + note, fontsize=9)
     axes[0].set_ylabel("test score x100")
     fig.suptitle("one dot per seed; bar: mean; dotted: trivial baseline", fontsize=8)
     _save(fig, path)
