@@ -11,7 +11,7 @@ from torch import nn
 from . import __version__
 from .config import AdapterConfig
 from .errors import ConfigError, TargetError
-from .layers import SUPPORTED_TYPES, ABGenerator, AdapterLayer, CondLoRALinear, LoRALinear, base_weight
+from .layers import SUPPORTED_TYPES, ABGenerator, AdapterLayer, CondLoRALinear, InitSpec, LoRALinear, base_weight
 
 GENERATORS_ATTR = "condlora_generators"
 CONFIG_ATTR = "condlora_config"
@@ -160,9 +160,8 @@ def apply_adapter(model: nn.Module, cfg: AdapterConfig) -> nn.Module:
 
 def _make_generators(types: dict[str, dict], cfg: AdapterConfig, like: torch.Tensor) -> dict[str, ABGenerator]:
     return {
-        t["key"]: ABGenerator(t["d_in"], t["d_out"], cfg.r, t["form"], cfg.train_a, cfg.init_a, cfg.seed,
-                              name=type_name, dtype=like.dtype, device=like.device,
-                              train_b=cfg.train_b, init_b=cfg.init_b)
+        t["key"]: ABGenerator(t["d_in"], t["d_out"], cfg.r, t["form"], init=InitSpec.from_config(cfg),
+                              name=type_name, dtype=like.dtype, device=like.device)
         for type_name, t in types.items()
     }
 
@@ -170,8 +169,7 @@ def _make_generators(types: dict[str, dict], cfg: AdapterConfig, like: torch.Ten
 def _make_layer(name: str, module: nn.Module, cfg: AdapterConfig, types: dict[str, dict],
                 generators: dict[str, ABGenerator]) -> AdapterLayer:
     if cfg.method == "lora":
-        return LoRALinear(module, cfg.r, cfg.alpha, cfg.dropout, cfg.train_a, cfg.init_a, cfg.seed, name,
-                          train_b=cfg.train_b, init_b=cfg.init_b)
+        return LoRALinear(module, cfg.r, cfg.alpha, cfg.dropout, init=InitSpec.from_config(cfg), name=name)
     gen = generators[types[module_type(name)]["key"]]
     return CondLoRALinear(module, gen, cfg.r, cfg.alpha, cfg.dropout)
 
