@@ -20,8 +20,8 @@ from condlora import (
     save_adapter,
     unmerge_adapter,
 )
-from condlora.io import read_config
 from condlora.layers import base_weight, draw_matrix, module_seed, set_fast_path
+from condlora.serialization import read_config
 from conftest import MODELS, logits, moved_after_sgd, perturb, tiny_bert, tiny_llama
 
 METHODS = ["lora", "condlora"]
@@ -209,7 +209,7 @@ def test_bad_values_name_the_field(field, value):
 
 def test_resuming_into_an_adapter_that_trains_the_other_matrix_is_refused(tmp_path):
     from condlora.errors import AdapterLoadError
-    from condlora.hf import load_adapter_state
+    from condlora.serialization import load_adapter_state
 
     save_adapter(apply_adapter(tiny_bert(), AdapterConfig(method="lora", r=4)), tmp_path / "both")
     a_only = apply_adapter(tiny_bert(), AdapterConfig(method="lora", r=4, train_b=False))

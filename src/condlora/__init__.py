@@ -5,17 +5,10 @@ __version__ = "0.1.0"
 from .analysis import conversion_matrices, subspace_similarity  # noqa: E402
 from .config import AdapterConfig  # noqa: E402
 from .errors import AdapterLoadError, CondLoRAError, ConfigError, MissingDependencyError, TargetError  # noqa: E402
-from .inject import (  # noqa: E402
-    adapter_layers,
-    apply_adapter,
-    count_parameters,
-    get_config,
-    merge_adapter,
-    merge_and_unload,
-    unmerge_adapter,
-)
-from .io import export_peft_lora, load_adapter, save_adapter  # noqa: E402
+from .inject import adapter_layers, count_parameters, get_config, merge_adapter, unmerge_adapter  # noqa: E402
 from .layers import ABGenerator, CondLoRALinear, LoRALinear  # noqa: E402
+from .model import apply_adapter, load_adapter, merge_and_unload  # noqa: E402
+from .serialization import export_peft_lora, save_adapter  # noqa: E402
 
 
 def __getattr__(name: str):

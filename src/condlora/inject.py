@@ -1,4 +1,7 @@
-"""Find target modules by PEFT's rules, swap in adapter layers, and take them out again."""
+"""Module surgery: find target modules by PEFT's rules, swap in adapter layers, and take them out again.
+
+The public `apply_adapter` / `merge_and_unload` (in `condlora.model`) wrap `inject_adapter` / `remove_adapter`.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +11,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from . import __version__
 from .config import AdapterConfig
-from .errors import ConfigError, TargetError
+from .errors import AdapterLoadError, ConfigError, TargetError
 from .layers import SUPPORTED_TYPES, ABGenerator, AdapterLayer, CondLoRALinear, InitSpec, LoRALinear, base_weight
 
 GENERATORS_ATTR = "condlora_generators"
@@ -108,8 +110,6 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def check_fingerprint(targets: list[tuple[str, nn.Module]], fingerprint: dict[str, list[int]]) -> None:
     """Raise a clear error naming the first module whose weight shape differs from the saved one."""
-    from .errors import AdapterLoadError
-
     found = {name: list(base_weight(m).shape) for name, m in targets}
     for name, shape in fingerprint.items():
         if name not in found:
@@ -124,12 +124,11 @@ def check_fingerprint(targets: list[tuple[str, nn.Module]], fingerprint: dict[st
         raise AdapterLoadError(f"adapter was made for a different model: it has no weights for {extra[0]}")
 
 
-def apply_adapter(model: nn.Module, cfg: AdapterConfig) -> nn.Module:
-    """Add the adapter described by `cfg` to `model` in place and freeze all else; returns `model`.
+def inject_adapter(model: nn.Module, cfg: AdapterConfig) -> nn.Module:
+    """Swap the adapter layers described by `cfg` into `model` in place and freeze all else; returns `model`.
 
     Only the adapter's trainable matrices and the parameters of `cfg.modules_to_save` keep
     `requires_grad=True`. The resolved forms, shapes and a fingerprint are written back into `cfg`.
-    A `transformers` model's `save_pretrained` then saves the adapter only (see `condlora.hf`).
     """
     if hasattr(model, CONFIG_ATTR):
         raise TargetError("this model already has an adapter; call merge_and_unload first")
@@ -150,11 +149,7 @@ def apply_adapter(model: nn.Module, cfg: AdapterConfig) -> nn.Module:
     cfg.fingerprint = {name: list(base_weight(m).shape) for name, m in targets}
     if cfg.base_model_name_or_path is None:  # a name the user gave is kept (not a resolved local path)
         cfg.base_model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None) or None
-    cfg.library_version = __version__
     object.__setattr__(model, CONFIG_ATTR, cfg)
-    from .hf import attach_save_pretrained  # here, not at the top: hf imports this module
-
-    attach_save_pretrained(model)  # model.save_pretrained now writes the adapter (Trainer.save_model too)
     return model
 
 
@@ -215,8 +210,8 @@ def unmerge_adapter(model: nn.Module) -> nn.Module:
     return model
 
 
-def merge_and_unload(model: nn.Module) -> nn.Module:
-    """Merge ΔW into the base weights and put the original module types back: zero inference overhead."""
+def remove_adapter(model: nn.Module) -> nn.Module:
+    """Merge ΔW into the base weights and put the original modules back (undoes `inject_adapter`)."""
     get_config(model)
     for name, layer in list(adapter_layers(model)):
         layer.merge()
@@ -225,9 +220,6 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     if hasattr(model, GENERATORS_ATTR):
         delattr(model, GENERATORS_ATTR)
     object.__delattr__(model, CONFIG_ATTR)
-    from .hf import detach_save_pretrained
-
-    detach_save_pretrained(model)  # save_pretrained saves the full, merged model again
     return model
 
 

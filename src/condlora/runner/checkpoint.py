@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import CondLoRAError
 from ..fileio import existing_dir, replace_dir, write_json
-from ..io import write_safetensors
+from ..serialization import write_safetensors
 from .methods import trainable_state
 
 CHECKPOINT_DIR = "checkpoint"

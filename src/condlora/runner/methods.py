@@ -24,10 +24,11 @@ from torch import nn
 from ..config import AdapterConfig
 from ..errors import ConfigError, require
 from ..fileio import replace_dir
-from ..inject import apply_adapter, linear_names
-from ..io import PREFIX as PEFT_PREFIX
-from ..io import export_peft_lora, save_adapter, write_safetensors
+from ..inject import linear_names
 from ..layers import draw_matrix, module_seed
+from ..model import apply_adapter
+from ..serialization import PEFT_MODEL_PREFIX as PEFT_PREFIX
+from ..serialization import export_peft_lora, save_adapter, write_safetensors
 from .models import head_module_names, head_save_names
 
 METHODS = ("lora", "condlora", "lora-frozen-a", "condlora-frozen-a", "lora-frozen-b", "condlora-frozen-b",
