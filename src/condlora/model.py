@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from . import __version__
+from ._version import __version__
 from .config import AdapterConfig
 from .errors import AdapterLoadError, CondLoRAError, ConfigError, TargetError
 from .inject import inject_adapter, remove_adapter

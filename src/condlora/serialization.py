@@ -14,7 +14,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from . import __version__
+from ._version import __version__
 from .config import AdapterConfig
 from .errors import AdapterLoadError, CondLoRAError, require
 from .fileio import atomic_write, write_json, write_text
