@@ -48,6 +48,8 @@ def test_exact_trainable_names_and_counts():
         *(f"{m}.lora_A" for m in BERT_QV), "classifier.weight", "classifier.bias"}
     head = 2 * 32 + 2  # classifier: 32 -> 2 labels
     assert count_parameters(lora) == {"adapter": 4 * 4 * 32, "other": head, "total": 4 * 4 * 32 + head}
+    by_layer = count_parameters(lora, other=lambda name: ".layer.1." in name)  # a caller's own split
+    assert by_layer == {"adapter": 2 * 4 * 32 + head, "other": 2 * 4 * 32, "total": 4 * 4 * 32 + head}
     cond = a_only(tiny_bert, "condlora")
     assert {n for n, p in cond.named_parameters() if p.requires_grad} == {GEN + "query.theta_A",
                                                                            GEN + "value.theta_A"}

@@ -6,7 +6,9 @@ The public `apply_adapter` / `merge_and_unload` (in `condlora.model`) wrap `inje
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -74,30 +76,44 @@ def linear_names(model: nn.Module) -> list[str]:
     return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, SUPPORTED_TYPES)})
 
 
-def _resolve_types(targets: list[tuple[str, nn.Module]], cfg: AdapterConfig) -> dict[str, dict]:
+@dataclass
+class TypeInfo:
+    """One module type: the shape its layers share, its CondLoRA form and its generator's key."""
+
+    d_in: int
+    d_out: int
+    first: str  # its first module's name, for error messages
+    form: str = ""
+    key: str = ""
+
+    def record(self) -> dict[str, Any]:
+        """The entry of `AdapterConfig.module_types`."""
+        return {"form": self.form, "d_in": self.d_in, "d_out": self.d_out, "key": self.key}
+
+
+def _resolve_types(targets: list[tuple[str, nn.Module]], cfg: AdapterConfig) -> dict[str, TypeInfo]:
     """Per module type: its form, shape and generator key; checks r and shapes."""
-    types: dict[str, dict] = {}
+    types: dict[str, TypeInfo] = {}
     for name, module in targets:
         d_out, d_in = base_weight(module).shape
         if cfg.r > min(d_in, d_out):
             raise ConfigError(f"r={cfg.r} is larger than {name}'s dimensions ({d_out} x {d_in})")
-        t = types.setdefault(module_type(name), {"d_in": d_in, "d_out": d_out, "first": name})
-        if (t["d_in"], t["d_out"]) != (d_in, d_out):
+        t = types.setdefault(module_type(name), TypeInfo(d_in, d_out, name))
+        if (t.d_in, t.d_out) != (d_in, d_out):
             raise TargetError(
-                f"module type {module_type(name)} has layers of different shapes ({t['first']}: "
-                f"{t['d_out']}x{t['d_in']}, {name}: {d_out}x{d_in}); CondLoRA shares one generator per type"
+                f"module type {module_type(name)} has layers of different shapes ({t.first}: "
+                f"{t.d_out}x{t.d_in}, {name}: {d_out}x{d_in}); CondLoRA shares one generator per type"
             )
     for type_name, t in types.items():
-        square = t["d_in"] == t["d_out"]
+        square = t.d_in == t.d_out
         if cfg.cond_form == "paper" and not square:
             raise ConfigError(
-                f"cond_form='paper' needs square weights, but {t['first']} is {t['d_out']}x{t['d_in']}; "
+                f"cond_form='paper' needs square weights, but {t.first} is {t.d_out}x{t.d_in}; "
                 "use cond_form='general' (or 'auto')"
             )
-        t["form"] = cfg.cond_form if cfg.cond_form != "auto" else ("paper" if square else "general")
-        t["key"] = generator_key(type_name)
-        del t["first"]
-    keys = [t["key"] for t in types.values()]
+        t.form = cfg.cond_form if cfg.cond_form != "auto" else ("paper" if square else "general")
+        t.key = generator_key(type_name)
+    keys = [t.key for t in types.values()]
     if len(set(keys)) != len(keys):
         raise TargetError(f"module types {sorted(types)} give clashing generator names")
     return types
@@ -145,7 +161,7 @@ def inject_adapter(model: nn.Module, cfg: AdapterConfig) -> nn.Module:
     if generators:
         model.add_module(GENERATORS_ATTR, nn.ModuleDict(generators).train(model.training))
     _unfreeze_modules_to_save(model, cfg)
-    cfg.module_types = {k: {kk: v[kk] for kk in ("form", "d_in", "d_out", "key")} for k, v in types.items()}
+    cfg.module_types = {name: t.record() for name, t in types.items()}
     cfg.fingerprint = {name: list(base_weight(m).shape) for name, m in targets}
     if cfg.base_model_name_or_path is None:  # a name the user gave is kept (not a resolved local path)
         cfg.base_model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None) or None
@@ -153,19 +169,19 @@ def inject_adapter(model: nn.Module, cfg: AdapterConfig) -> nn.Module:
     return model
 
 
-def _make_generators(types: dict[str, dict], cfg: AdapterConfig, like: torch.Tensor) -> dict[str, ABGenerator]:
+def _make_generators(types: dict[str, TypeInfo], cfg: AdapterConfig, like: torch.Tensor) -> dict[str, ABGenerator]:
     return {
-        t["key"]: ABGenerator(t["d_in"], t["d_out"], cfg.r, t["form"], init=InitSpec.from_config(cfg),
-                              name=type_name, dtype=like.dtype, device=like.device)
+        t.key: ABGenerator(t.d_in, t.d_out, cfg.r, t.form, init=InitSpec.from_config(cfg), name=type_name,
+                           dtype=like.dtype, device=like.device)
         for type_name, t in types.items()
     }
 
 
-def _make_layer(name: str, module: nn.Module, cfg: AdapterConfig, types: dict[str, dict],
+def _make_layer(name: str, module: nn.Module, cfg: AdapterConfig, types: dict[str, TypeInfo],
                 generators: dict[str, ABGenerator]) -> AdapterLayer:
     if cfg.method == "lora":
         return LoRALinear(module, cfg.r, cfg.alpha, cfg.dropout, init=InitSpec.from_config(cfg), name=name)
-    gen = generators[types[module_type(name)]["key"]]
+    gen = generators[types[module_type(name)].key]
     return CondLoRALinear(module, gen, cfg.r, cfg.alpha, cfg.dropout)
 
 
@@ -223,17 +239,22 @@ def remove_adapter(model: nn.Module) -> nn.Module:
     return model
 
 
-def count_parameters(model: nn.Module) -> dict[str, int]:
-    """Trainable parameters split into adapter, other (head / modules_to_save) and total counts."""
+def count_parameters(model: nn.Module, *, other: Callable[[str], bool] | None = None) -> dict[str, int]:
+    """Trainable parameters (shared ones once) split into adapter, other (head / modules_to_save) and total.
+
+    `other(name)` picks the parameters counted as other; by default every one that is not an adapter matrix.
+    """
+    is_other = other or (lambda name: not is_adapter_param(name))
     seen: set[int] = set()
-    adapter = other = 0
+    counts = {"adapter": 0, "other": 0}
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        is_adapter = name.startswith(GENERATORS_ATTR) or ".lora_A" in name or ".lora_B" in name
-        if is_adapter:
-            adapter += p.numel()
-        else:
-            other += p.numel()
-    return {"adapter": adapter, "other": other, "total": adapter + other}
+        counts["other" if is_other(name) else "adapter"] += p.numel()
+    return {**counts, "total": counts["adapter"] + counts["other"]}
+
+
+def is_adapter_param(name: str) -> bool:
+    """Whether parameter `name` is an adapter matrix: a generator's Θ or a layer's lora_A / lora_B."""
+    return name.startswith(GENERATORS_ATTR) or ".lora_A" in name or ".lora_B" in name

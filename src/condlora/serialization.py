@@ -126,20 +126,28 @@ def read_tensors(file: Path) -> dict[str, torch.Tensor]:
 
 def load_adapter_weights(model: nn.Module, tensors: dict[str, torch.Tensor], source: str = "file") -> None:
     """Copy saved tensors into the adapter; the key set, shapes and dtypes must match exactly."""
-    expected = adapter_state_dict(model)
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
+    copy_weights(adapter_state_dict(model), tensors, source)
+
+
+def copy_weights(targets: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], source: str,
+                 expected: str = "the adapter config") -> None:
+    """Copy `tensors` into the same-named `targets` once their names, shapes and finite values are checked.
+
+    Any mismatch raises AdapterLoadError saying how `source` differs from `expected`; nothing is copied then.
+    """
+    missing = sorted(set(targets) - set(tensors))
+    unexpected = sorted(set(tensors) - set(targets))
     if missing or unexpected:
         what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
-        raise AdapterLoadError(f"{source} does not match the adapter config: {what}")
-    for key, target in expected.items():
+        raise AdapterLoadError(f"{source} does not match {expected}: {what}")
+    for key, target in targets.items():
         t = tensors[key]
         if tuple(t.shape) != tuple(target.shape):
             raise AdapterLoadError(f"{source}: {key} has shape {tuple(t.shape)}, expected {tuple(target.shape)}")
         if not t.is_floating_point() or not torch.isfinite(t).all():
             raise AdapterLoadError(f"{source}: {key} must hold finite floating-point values ({t.dtype})")
     with torch.no_grad():
-        for key, target in expected.items():
+        for key, target in targets.items():
             target.copy_(tensors[key].to(dtype=target.dtype, device=target.device))
 
 
