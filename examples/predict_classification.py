@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from condlora import load_adapter
-from condlora.io import read_config
+from condlora.serialization import read_config
 
 OUT = Path(sys.argv[1] if len(sys.argv) > 1 else "out/classification")
 base = read_config(OUT / "adapter").base_model_name_or_path  # the model the adapter was trained on

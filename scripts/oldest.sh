@@ -40,6 +40,6 @@ pip_ check
 "$PY" -c "import condlora, sys; assert 'site-packages' in condlora.__file__, condlora.__file__"
 echo "oldest env: condlora installed beside $(grep -E -i '^(torch|transformers|peft)==' "$LOCK" | tr '\n' ' ')without changing them"
 
-tests=(tests/test_layers.py tests/test_config.py tests/test_io.py tests/test_fastpath.py tests/test_packaging.py)
+tests=(tests/test_layers.py tests/test_config.py tests/test_serialization.py tests/test_fastpath.py tests/test_packaging.py)
 if [ -f tests/test_trainer.py ]; then tests+=(tests/test_trainer.py); fi
 "$PY" -m pytest -q -p no:cacheprovider "${tests[@]}"

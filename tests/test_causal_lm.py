@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
 from condlora import AdapterConfig, apply_adapter, export_peft_lora, load_adapter, merge_and_unload
-from condlora.io import adapter_state_dict
+from condlora.serialization import adapter_state_dict
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TEXT = ("the cat sat on the mat . the dog sat on the log . the cat saw the dog . "

@@ -17,7 +17,7 @@ from condlora import (
     merge_and_unload,
     unmerge_adapter,
 )
-from condlora.layers import base_weight
+from condlora.layers import ABGenerator, InitSpec, base_weight, draw_matrix, module_seed
 from conftest import (
     MODELS,
     VARIANTS,
@@ -167,6 +167,22 @@ def test_general_form_reuses_base_output():
     x = torch.randn(5, layer.d_in)
     a, _ = layer.lora_AB()
     torch.testing.assert_close(x @ a.T, (x @ layer.base.weight.T) @ layer.generator.theta_A.T)
+
+
+def test_layers_take_their_initialisation_as_one_settings_object():
+    init = InitSpec(train_a=False, init_a="gaussian", seed=3)
+    layer = LoRALinear(nn.Linear(16, 8), r=4, alpha=4, init=init, name="x")
+    assert torch.equal(layer.lora_A, draw_matrix(4, 16, "gaussian", module_seed(3, "x")))
+    assert not layer.lora_A.requires_grad and layer.lora_B.requires_grad and not layer.lora_B.any()
+    gen = ABGenerator(16, 8, 4, "general", init=InitSpec(train_b=False, seed=3), name="t")
+    assert torch.equal(gen.theta_B, draw_matrix(16, 4, "orthogonal", module_seed(3, "t", "B")))
+    assert not gen.theta_A.any() and gen.theta_A.shape == (4, 8)
+    cfg = AdapterConfig(train_b=False, init_b="kaiming", seed=9)
+    assert InitSpec.from_config(cfg) == InitSpec(train_b=False, init_b="kaiming", seed=9)
+    with pytest.raises(TypeError):  # settings are keyword-only: no positional booleans
+        LoRALinear(nn.Linear(16, 8), 4, 4, 0.0, False)
+    with pytest.raises(ValueError, match="cannot both be false"):
+        InitSpec(train_a=False, train_b=False)
 
 
 def test_dropout_only_on_adapter_branch():

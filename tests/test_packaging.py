@@ -3,6 +3,7 @@ ranges of pyproject.toml agree with the two tested environments (constraints.txt
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -130,3 +131,21 @@ def test_oldest_environment_sits_on_the_lower_bounds():
         req = Requirement(r)
         (low,) = [s.version for s in req.specifier if s.operator == ">="]
         assert Version(Version(oldest[req.name.lower()]).public) == Version(low), (req.name, low)
+
+
+def test_version_is_written_once_in_pyproject(monkeypatch, tmp_path):
+    from importlib import metadata
+
+    from condlora import _version
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert condlora.__version__ == version
+    assert not [f for f in (ROOT / "src").rglob("*.py") if re.search(r"__version__\s*=\s*['\"]", f.read_text())]
+
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(_version.metadata, "version", not_installed)
+    assert _version.read_version() == version  # an uninstalled source tree: its pyproject.toml
+    monkeypatch.setattr(_version, "PYPROJECT", tmp_path / "pyproject.toml")
+    assert _version.read_version() == "0+unknown"

@@ -95,7 +95,7 @@ def test_roberta_linear_head_trains_out_proj_only_and_saves_the_frozen_dense(tmp
     if method == "lora":
         model.save_pretrained(tmp_path)
     else:
-        from condlora.io import save_adapter
+        from condlora.serialization import save_adapter
 
         save_adapter(model, tmp_path)
     keys = set(load_file(str(tmp_path / "adapter_model.safetensors")))

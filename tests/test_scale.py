@@ -139,7 +139,7 @@ def test_atomic_files_get_the_mode_a_plain_open_would_give(tmp_path):
 
 
 def test_failed_adapter_and_checkpoint_saves_keep_the_old_ones(tmp_path, monkeypatch):
-    import condlora.io
+    import condlora.serialization
     from condlora.fileio import replace_dir
     from conftest import tiny_bert
 
@@ -153,7 +153,7 @@ def test_failed_adapter_and_checkpoint_saves_keep_the_old_ones(tmp_path, monkeyp
         Path(path).write_bytes(b"\0" * 100)
         raise OSError("killed")
 
-    monkeypatch.setattr(condlora.io, "save_file", broken)
+    monkeypatch.setattr(condlora.serialization, "save_file", broken)
     with pytest.raises(OSError, match="killed"):
         save_adapter(model, tmp_path / "adapter")
     assert {p.name: p.read_bytes() for p in (tmp_path / "adapter").iterdir()} == before

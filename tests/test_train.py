@@ -104,7 +104,7 @@ def test_exact_trainable_set(method):
 
 @pytest.mark.parametrize("method", ["condlora", "lora"])
 def test_saved_best_adapter_reproduces_the_test_score(tiny, tmp_path, method):
-    from condlora.io import load_adapter
+    from condlora import load_adapter
     from condlora.runner.data import Encoded, load_glue
     from condlora.runner.models import load_classifier, load_tokenizer
 

@@ -20,8 +20,8 @@ from condlora import (
     save_adapter,
     unmerge_adapter,
 )
-from condlora.io import read_config
 from condlora.layers import base_weight, draw_matrix, module_seed, set_fast_path
+from condlora.serialization import read_config
 from conftest import MODELS, logits, moved_after_sgd, perturb, tiny_bert, tiny_llama
 
 METHODS = ["lora", "condlora"]
@@ -48,6 +48,8 @@ def test_exact_trainable_names_and_counts():
         *(f"{m}.lora_A" for m in BERT_QV), "classifier.weight", "classifier.bias"}
     head = 2 * 32 + 2  # classifier: 32 -> 2 labels
     assert count_parameters(lora) == {"adapter": 4 * 4 * 32, "other": head, "total": 4 * 4 * 32 + head}
+    by_layer = count_parameters(lora, other=lambda name: ".layer.1." in name)  # a caller's own split
+    assert by_layer == {"adapter": 2 * 4 * 32 + head, "other": 2 * 4 * 32, "total": 4 * 4 * 32 + head}
     cond = a_only(tiny_bert, "condlora")
     assert {n for n, p in cond.named_parameters() if p.requires_grad} == {GEN + "query.theta_A",
                                                                            GEN + "value.theta_A"}
@@ -209,7 +211,7 @@ def test_bad_values_name_the_field(field, value):
 
 def test_resuming_into_an_adapter_that_trains_the_other_matrix_is_refused(tmp_path):
     from condlora.errors import AdapterLoadError
-    from condlora.hf import load_adapter_state
+    from condlora.serialization import load_adapter_state
 
     save_adapter(apply_adapter(tiny_bert(), AdapterConfig(method="lora", r=4)), tmp_path / "both")
     a_only = apply_adapter(tiny_bert(), AdapterConfig(method="lora", r=4, train_b=False))

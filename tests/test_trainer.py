@@ -29,8 +29,7 @@ from condlora import (
     load_adapter,
     merge_and_unload,
 )
-from condlora.hf import peft_task_type
-from condlora.io import adapter_state_dict
+from condlora.serialization import adapter_state_dict, peft_task_type
 from conftest import logits, perturb, tiny_bert, tiny_gpt2, tiny_llama
 
 CHECKPOINT_FILES = {"adapter_config.json", "adapter_model.safetensors", "optimizer.pt", "rng_state.pth",
@@ -182,6 +181,17 @@ def test_save_pretrained_saves_the_adapter_never_a_wrong_model(base_dir, tmp_pat
     nameless.save_pretrained(tmp_path / "c")
     with pytest.raises(KeyError):
         BertForSequenceClassification.from_pretrained(tmp_path / "c")
+
+
+def test_module_surgery_leaves_save_pretrained_to_the_public_layer():
+    from condlora.inject import inject_adapter, remove_adapter
+
+    model = inject_adapter(tiny_bert(), AdapterConfig(r=4))  # surgery alone: the class's own save_pretrained
+    assert "save_pretrained" not in vars(model) and next(adapter_layers(model), None) is not None
+    remove_adapter(model)
+    hooked = apply_adapter(tiny_bert(), AdapterConfig(r=4))
+    assert vars(hooked)["save_pretrained"].args == (hooked,)
+    assert "save_pretrained" not in vars(merge_and_unload(hooked))
 
 
 def test_load_best_model_at_end(base_dir, tmp_path):

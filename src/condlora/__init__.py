@@ -1,21 +1,13 @@
 """condlora: LoRA, CondLoRA and frozen-A / frozen-B adapters for Hugging Face transformers."""
 
-__version__ = "0.1.0"
-
-from .analysis import conversion_matrices, subspace_similarity  # noqa: E402
-from .config import AdapterConfig  # noqa: E402
-from .errors import AdapterLoadError, CondLoRAError, ConfigError, MissingDependencyError, TargetError  # noqa: E402
-from .inject import (  # noqa: E402
-    adapter_layers,
-    apply_adapter,
-    count_parameters,
-    get_config,
-    merge_adapter,
-    merge_and_unload,
-    unmerge_adapter,
-)
-from .io import export_peft_lora, load_adapter, save_adapter  # noqa: E402
-from .layers import ABGenerator, CondLoRALinear, LoRALinear  # noqa: E402
+from ._version import __version__
+from .analysis import conversion_matrices, subspace_similarity
+from .config import AdapterConfig
+from .errors import AdapterLoadError, CondLoRAError, ConfigError, MissingDependencyError, TargetError
+from .inject import adapter_layers, count_parameters, get_config, merge_adapter, unmerge_adapter
+from .layers import ABGenerator, CondLoRALinear, LoRALinear
+from .model import apply_adapter, load_adapter, merge_and_unload
+from .serialization import export_peft_lora, save_adapter
 
 
 def __getattr__(name: str):

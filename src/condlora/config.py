@@ -14,6 +14,12 @@ COND_FORMS = ("auto", "paper", "general")
 INIT_A = ("orthogonal", "gaussian", "kaiming")
 INIT_B = INIT_A
 FORMAT_VERSION = 1
+SEED_MULTIPLIER = 1_000_003  # a prime: seeds mixed as seed · SEED_MULTIPLIER + salt do not collide for small salts
+
+
+def mix_seed(seed: int, salt: int) -> int:
+    """A seed derived from a run's `seed` and a `salt` (a module name's hash, an epoch, a trial number)."""
+    return seed * SEED_MULTIPLIER + salt
 
 
 @dataclass

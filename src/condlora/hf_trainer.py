@@ -11,7 +11,7 @@ from __future__ import annotations
 from torch import nn
 from transformers import Trainer
 
-from .hf import is_adapter_dir, load_adapter_state
+from .serialization import is_adapter_dir, load_adapter_state
 
 
 class AdapterTrainer(Trainer):

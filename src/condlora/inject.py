@@ -1,17 +1,21 @@
-"""Find target modules by PEFT's rules, swap in adapter layers, and take them out again."""
+"""Module surgery: find target modules by PEFT's rules, swap in adapter layers, and take them out again.
+
+The public `apply_adapter` / `merge_and_unload` (in `condlora.model`) wrap `inject_adapter` / `remove_adapter`.
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from . import __version__
 from .config import AdapterConfig
-from .errors import ConfigError, TargetError
-from .layers import SUPPORTED_TYPES, ABGenerator, AdapterLayer, CondLoRALinear, LoRALinear, base_weight
+from .errors import AdapterLoadError, ConfigError, TargetError
+from .layers import SUPPORTED_TYPES, ABGenerator, AdapterLayer, CondLoRALinear, InitSpec, LoRALinear, base_weight
 
 GENERATORS_ATTR = "condlora_generators"
 CONFIG_ATTR = "condlora_config"
@@ -72,30 +76,44 @@ def linear_names(model: nn.Module) -> list[str]:
     return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, SUPPORTED_TYPES)})
 
 
-def _resolve_types(targets: list[tuple[str, nn.Module]], cfg: AdapterConfig) -> dict[str, dict]:
+@dataclass
+class TypeInfo:
+    """One module type: the shape its layers share, its CondLoRA form and its generator's key."""
+
+    d_in: int
+    d_out: int
+    first: str  # its first module's name, for error messages
+    form: str = ""
+    key: str = ""
+
+    def record(self) -> dict[str, Any]:
+        """The entry of `AdapterConfig.module_types`."""
+        return {"form": self.form, "d_in": self.d_in, "d_out": self.d_out, "key": self.key}
+
+
+def _resolve_types(targets: list[tuple[str, nn.Module]], cfg: AdapterConfig) -> dict[str, TypeInfo]:
     """Per module type: its form, shape and generator key; checks r and shapes."""
-    types: dict[str, dict] = {}
+    types: dict[str, TypeInfo] = {}
     for name, module in targets:
         d_out, d_in = base_weight(module).shape
         if cfg.r > min(d_in, d_out):
             raise ConfigError(f"r={cfg.r} is larger than {name}'s dimensions ({d_out} x {d_in})")
-        t = types.setdefault(module_type(name), {"d_in": d_in, "d_out": d_out, "first": name})
-        if (t["d_in"], t["d_out"]) != (d_in, d_out):
+        t = types.setdefault(module_type(name), TypeInfo(d_in, d_out, name))
+        if (t.d_in, t.d_out) != (d_in, d_out):
             raise TargetError(
-                f"module type {module_type(name)} has layers of different shapes ({t['first']}: "
-                f"{t['d_out']}x{t['d_in']}, {name}: {d_out}x{d_in}); CondLoRA shares one generator per type"
+                f"module type {module_type(name)} has layers of different shapes ({t.first}: "
+                f"{t.d_out}x{t.d_in}, {name}: {d_out}x{d_in}); CondLoRA shares one generator per type"
             )
     for type_name, t in types.items():
-        square = t["d_in"] == t["d_out"]
+        square = t.d_in == t.d_out
         if cfg.cond_form == "paper" and not square:
             raise ConfigError(
-                f"cond_form='paper' needs square weights, but {t['first']} is {t['d_out']}x{t['d_in']}; "
+                f"cond_form='paper' needs square weights, but {t.first} is {t.d_out}x{t.d_in}; "
                 "use cond_form='general' (or 'auto')"
             )
-        t["form"] = cfg.cond_form if cfg.cond_form != "auto" else ("paper" if square else "general")
-        t["key"] = generator_key(type_name)
-        del t["first"]
-    keys = [t["key"] for t in types.values()]
+        t.form = cfg.cond_form if cfg.cond_form != "auto" else ("paper" if square else "general")
+        t.key = generator_key(type_name)
+    keys = [t.key for t in types.values()]
     if len(set(keys)) != len(keys):
         raise TargetError(f"module types {sorted(types)} give clashing generator names")
     return types
@@ -108,8 +126,6 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def check_fingerprint(targets: list[tuple[str, nn.Module]], fingerprint: dict[str, list[int]]) -> None:
     """Raise a clear error naming the first module whose weight shape differs from the saved one."""
-    from .errors import AdapterLoadError
-
     found = {name: list(base_weight(m).shape) for name, m in targets}
     for name, shape in fingerprint.items():
         if name not in found:
@@ -124,12 +140,11 @@ def check_fingerprint(targets: list[tuple[str, nn.Module]], fingerprint: dict[st
         raise AdapterLoadError(f"adapter was made for a different model: it has no weights for {extra[0]}")
 
 
-def apply_adapter(model: nn.Module, cfg: AdapterConfig) -> nn.Module:
-    """Add the adapter described by `cfg` to `model` in place and freeze all else; returns `model`.
+def inject_adapter(model: nn.Module, cfg: AdapterConfig) -> nn.Module:
+    """Swap the adapter layers described by `cfg` into `model` in place and freeze all else; returns `model`.
 
     Only the adapter's trainable matrices and the parameters of `cfg.modules_to_save` keep
     `requires_grad=True`. The resolved forms, shapes and a fingerprint are written back into `cfg`.
-    A `transformers` model's `save_pretrained` then saves the adapter only (see `condlora.hf`).
     """
     if hasattr(model, CONFIG_ATTR):
         raise TargetError("this model already has an adapter; call merge_and_unload first")
@@ -146,33 +161,27 @@ def apply_adapter(model: nn.Module, cfg: AdapterConfig) -> nn.Module:
     if generators:
         model.add_module(GENERATORS_ATTR, nn.ModuleDict(generators).train(model.training))
     _unfreeze_modules_to_save(model, cfg)
-    cfg.module_types = {k: {kk: v[kk] for kk in ("form", "d_in", "d_out", "key")} for k, v in types.items()}
+    cfg.module_types = {name: t.record() for name, t in types.items()}
     cfg.fingerprint = {name: list(base_weight(m).shape) for name, m in targets}
     if cfg.base_model_name_or_path is None:  # a name the user gave is kept (not a resolved local path)
         cfg.base_model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None) or None
-    cfg.library_version = __version__
     object.__setattr__(model, CONFIG_ATTR, cfg)
-    from .hf import attach_save_pretrained  # here, not at the top: hf imports this module
-
-    attach_save_pretrained(model)  # model.save_pretrained now writes the adapter (Trainer.save_model too)
     return model
 
 
-def _make_generators(types: dict[str, dict], cfg: AdapterConfig, like: torch.Tensor) -> dict[str, ABGenerator]:
+def _make_generators(types: dict[str, TypeInfo], cfg: AdapterConfig, like: torch.Tensor) -> dict[str, ABGenerator]:
     return {
-        t["key"]: ABGenerator(t["d_in"], t["d_out"], cfg.r, t["form"], cfg.train_a, cfg.init_a, cfg.seed,
-                              name=type_name, dtype=like.dtype, device=like.device,
-                              train_b=cfg.train_b, init_b=cfg.init_b)
+        t.key: ABGenerator(t.d_in, t.d_out, cfg.r, t.form, init=InitSpec.from_config(cfg), name=type_name,
+                           dtype=like.dtype, device=like.device)
         for type_name, t in types.items()
     }
 
 
-def _make_layer(name: str, module: nn.Module, cfg: AdapterConfig, types: dict[str, dict],
+def _make_layer(name: str, module: nn.Module, cfg: AdapterConfig, types: dict[str, TypeInfo],
                 generators: dict[str, ABGenerator]) -> AdapterLayer:
     if cfg.method == "lora":
-        return LoRALinear(module, cfg.r, cfg.alpha, cfg.dropout, cfg.train_a, cfg.init_a, cfg.seed, name,
-                          train_b=cfg.train_b, init_b=cfg.init_b)
-    gen = generators[types[module_type(name)]["key"]]
+        return LoRALinear(module, cfg.r, cfg.alpha, cfg.dropout, init=InitSpec.from_config(cfg), name=name)
+    gen = generators[types[module_type(name)].key]
     return CondLoRALinear(module, gen, cfg.r, cfg.alpha, cfg.dropout)
 
 
@@ -217,8 +226,8 @@ def unmerge_adapter(model: nn.Module) -> nn.Module:
     return model
 
 
-def merge_and_unload(model: nn.Module) -> nn.Module:
-    """Merge ΔW into the base weights and put the original module types back: zero inference overhead."""
+def remove_adapter(model: nn.Module) -> nn.Module:
+    """Merge ΔW into the base weights and put the original modules back (undoes `inject_adapter`)."""
     get_config(model)
     for name, layer in list(adapter_layers(model)):
         layer.merge()
@@ -227,23 +236,25 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     if hasattr(model, GENERATORS_ATTR):
         delattr(model, GENERATORS_ATTR)
     object.__delattr__(model, CONFIG_ATTR)
-    from .hf import detach_save_pretrained
-
-    detach_save_pretrained(model)  # save_pretrained saves the full, merged model again
     return model
 
 
-def count_parameters(model: nn.Module) -> dict[str, int]:
-    """Trainable parameters split into adapter, other (head / modules_to_save) and total counts."""
+def count_parameters(model: nn.Module, *, other: Callable[[str], bool] | None = None) -> dict[str, int]:
+    """Trainable parameters (shared ones once) split into adapter, other (head / modules_to_save) and total.
+
+    `other(name)` picks the parameters counted as other; by default every one that is not an adapter matrix.
+    """
+    is_other = other or (lambda name: not is_adapter_param(name))
     seen: set[int] = set()
-    adapter = other = 0
+    counts = {"adapter": 0, "other": 0}
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        is_adapter = name.startswith(GENERATORS_ATTR) or ".lora_A" in name or ".lora_B" in name
-        if is_adapter:
-            adapter += p.numel()
-        else:
-            other += p.numel()
-    return {"adapter": adapter, "other": other, "total": adapter + other}
+        counts["other" if is_other(name) else "adapter"] += p.numel()
+    return {**counts, "total": counts["adapter"] + counts["other"]}
+
+
+def is_adapter_param(name: str) -> bool:
+    """Whether parameter `name` is an adapter matrix: a generator's Θ or a layer's lora_A / lora_B."""
+    return name.startswith(GENERATORS_ATTR) or ".lora_A" in name or ".lora_B" in name

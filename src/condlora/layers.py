@@ -12,11 +12,18 @@ from __future__ import annotations
 
 import math
 import zlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
+
+from .config import mix_seed
+
+if TYPE_CHECKING:
+    from .config import AdapterConfig
 
 SUPPORTED_TYPES = (nn.Linear, Conv1D)
 FAST_DTYPES = (torch.float32, torch.float64)  # where W0 + ΔW keeps ΔW's precision (not bf16 / fp16)
@@ -33,7 +40,7 @@ def module_seed(seed: int, name: str, matrix: str = "A") -> int:
     A keeps the original stream (name alone); B mixes in a suffix, so A and B draws of a module differ.
     """
     key = name if matrix == "A" else f"{name}#lora_{matrix}"
-    return (seed * 1_000_003 + zlib.crc32(key.encode())) % (2**63)
+    return mix_seed(seed, zlib.crc32(key.encode())) % (2**63)
 
 
 def draw_matrix(rows: int, cols: int, init: str, seed: int) -> torch.Tensor:
@@ -50,28 +57,43 @@ def draw_matrix(rows: int, cols: int, init: str, seed: int) -> torch.Tensor:
     raise ValueError(f"unknown init {init!r}")
 
 
-def init_pair(r: int, a_cols: int, b_rows: int, train_a: bool, train_b: bool, init_a: str, init_b: str,
-              seed: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Initial A (r × a_cols) and B (b_rows × r) of one module: the frozen one drawn, the other as LoRA's.
+@dataclass(frozen=True)
+class InitSpec:
+    """How a module's A and B start (see `init_pair`): which of them train, how a frozen one is drawn, the seed."""
 
-    Both train: A kaiming, B zero. A frozen: A drawn with `init_a`, B zero. B frozen: B drawn with
-    `init_b` from its own seed stream, A zero. Either way B · A = 0, so the adapter starts as the identity.
+    train_a: bool = True
+    train_b: bool = True
+    init_a: str = "orthogonal"
+    init_b: str = "orthogonal"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (self.train_a or self.train_b):
+            raise ValueError("train_a and train_b cannot both be false")
+
+    @classmethod
+    def from_config(cls, cfg: AdapterConfig) -> InitSpec:
+        """The initialisation settings of an `AdapterConfig`."""
+        return cls(cfg.train_a, cfg.train_b, cfg.init_a, cfg.init_b, cfg.seed)
+
+
+def init_pair(r: int, a_cols: int, b_rows: int, init: InitSpec, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Initial A (r × a_cols) and B (b_rows × r) of module `name`: the frozen one drawn, the other as LoRA's.
+
+    Both train: A kaiming, B zero. A frozen: A drawn with `init.init_a`, B zero. B frozen: B drawn with
+    `init.init_b` from its own seed stream, A zero. Either way B · A = 0, so the adapter starts as the identity.
     """
-    if not (train_a or train_b):
-        raise ValueError("train_a and train_b cannot both be false")
-    if not train_b:
-        return torch.zeros(r, a_cols), draw_matrix(b_rows, r, init_b, module_seed(seed, name, "B"))
-    a = draw_matrix(r, a_cols, init_a if not train_a else "kaiming", module_seed(seed, name))
+    if not init.train_b:
+        return torch.zeros(r, a_cols), draw_matrix(b_rows, r, init.init_b, module_seed(init.seed, name, "B"))
+    a = draw_matrix(r, a_cols, init.init_a if not init.train_a else "kaiming", module_seed(init.seed, name))
     return a, torch.zeros(b_rows, r)
 
 
 class ABGenerator(nn.Module):
     """The one trainable linear map of a CondLoRA module type, shared by all its layers."""
 
-    def __init__(self, d_in: int, d_out: int, r: int, form: str, train_a: bool = True,
-                 init_a: str = "orthogonal", seed: int = 0, name: str = "",
-                 dtype: torch.dtype | None = None, device: torch.device | None = None,
-                 train_b: bool = True, init_b: str = "orthogonal") -> None:
+    def __init__(self, d_in: int, d_out: int, r: int, form: str, *, init: InitSpec = InitSpec(), name: str = "",
+                 dtype: torch.dtype | None = None, device: torch.device | None = None) -> None:
         super().__init__()
         if form not in ("paper", "general"):
             raise ValueError(f"form must be 'paper' or 'general', got {form!r}")
@@ -79,11 +101,11 @@ class ABGenerator(nn.Module):
             raise ValueError(f"the paper form needs a square weight, got d_out={d_out}, d_in={d_in}")
         self.d_in, self.d_out, self.r, self.form = d_in, d_out, r, form
         a_cols = d_in if form == "paper" else d_out
-        theta_a, theta_b = init_pair(r, a_cols, d_in, train_a, train_b, init_a, init_b, seed, name)
+        theta_a, theta_b = init_pair(r, a_cols, d_in, init, name)
         if form == "paper":  # stored as Θ_B (r × d_in); B = W0 · Θ_Bᵀ, so the drawn d_in × r map is Θ_Bᵀ
             theta_b = theta_b.T.contiguous()
-        self.theta_A = nn.Parameter(theta_a.to(device=device, dtype=dtype), requires_grad=train_a)
-        self.theta_B = nn.Parameter(theta_b.to(device=device, dtype=dtype), requires_grad=train_b)
+        self.theta_A = nn.Parameter(theta_a.to(device=device, dtype=dtype), requires_grad=init.train_a)
+        self.theta_B = nn.Parameter(theta_b.to(device=device, dtype=dtype), requires_grad=init.train_b)
 
     def generate(self, w0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A (r × d_in) and B (d_out × r) of the layer whose frozen weight is `w0` (d_out × d_in)."""
@@ -141,6 +163,11 @@ class LowRankLinear(torch.autograd.Function):
             if form is not None:  # B = W0·Θ_Bᵀ (paper) or W0·Θ_B (general)
                 grad_b = grad_b.T @ w0 if form == "paper" else w0.T @ grad_b
         return grad_x, None, None, grad_a, grad_b, None, None
+
+
+def state_key(*tensors: torch.Tensor) -> tuple:
+    """What a cache of values computed from `tensors` is valid for: their storage, in-place version, dtype, device."""
+    return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
 
 
 def set_fast_path(model: nn.Module, enabled: bool) -> nn.Module:
@@ -259,8 +286,7 @@ class AdapterLayer(nn.Module):
 
     def _effective_weight(self) -> torch.Tensor:
         """W0 + (alpha / r) · B · A (d_out × d_in), cached while W0, A and B are unchanged (no-grad use)."""
-        key = tuple((t._version, t.data_ptr()) for t in (*self._sources(), self.base.weight))
-        key += (self.base.weight.dtype, self.base.weight.device)
+        key = state_key(*self._sources(), self.base.weight)
         if self._weight_cache is None or self._weight_cache[0] != key:
             with torch.no_grad():
                 a, b = self.lora_AB()
@@ -274,14 +300,13 @@ class AdapterLayer(nn.Module):
 class LoRALinear(AdapterLayer):
     """LoRA (Hu et al. 2022): own A and B from `init_pair` (B · A = 0; a frozen one is a seeded draw)."""
 
-    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0,
-                 train_a: bool = True, init_a: str = "orthogonal", seed: int = 0, name: str = "",
-                 train_b: bool = True, init_b: str = "orthogonal") -> None:
+    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0, *,
+                 init: InitSpec = InitSpec(), name: str = "") -> None:
         super().__init__(base, r, alpha, dropout)
         w = base_weight(base)
-        a, b = init_pair(r, w.shape[1], w.shape[0], train_a, train_b, init_a, init_b, seed, name)
-        self.lora_A = nn.Parameter(a.to(device=w.device, dtype=w.dtype), requires_grad=train_a)
-        self.lora_B = nn.Parameter(b.to(device=w.device, dtype=w.dtype), requires_grad=train_b)
+        a, b = init_pair(r, w.shape[1], w.shape[0], init, name)
+        self.lora_A = nn.Parameter(a.to(device=w.device, dtype=w.dtype), requires_grad=init.train_a)
+        self.lora_B = nn.Parameter(b.to(device=w.device, dtype=w.dtype), requires_grad=init.train_b)
 
     def lora_AB(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This layer's own A and B."""
@@ -313,18 +338,13 @@ class CondLoRALinear(AdapterLayer):
         gen = self.generator
         return LowRankLinear.apply(x, self.w0(), self.base.bias, gen.theta_A, gen.theta_B, self.scaling, gen.form)
 
-    def _cache_key(self, w0: torch.Tensor) -> tuple:
-        ta, tb = self.generator.theta_A, self.generator.theta_B
-        return (ta._version, tb._version, ta.data_ptr(), tb.data_ptr(), w0._version, w0.data_ptr(),
-                ta.dtype, ta.device)
-
     def lora_AB(self) -> tuple[torch.Tensor, torch.Tensor]:
         """A and B generated from this layer's W0 (cached in eval mode when gradients are off)."""
         w0 = self.w0()
         if self.training or torch.is_grad_enabled():
             self._cache = None
             return self.generator.generate(w0)
-        key = self._cache_key(w0)
+        key = state_key(*self._sources(), w0)
         if self._cache is None or self._cache[0] != key:
             with torch.no_grad():
                 self._cache = (key, self.generator.generate(w0))

@@ -13,8 +13,10 @@ from torch import nn
 
 from ..errors import AdapterLoadError
 from ..inject import adapter_layers, layer_index, module_type
-from ..io import WEIGHTS_NAME, load_adapter, read_config, read_config_json, read_tensors, saved_num_labels
 from ..layers import SUPPORTED_TYPES, base_weight
+from ..model import load_adapter
+from ..runner.models import saved_num_labels
+from ..serialization import WEIGHTS_NAME, read_config, read_config_json, read_tensors
 
 PEFT_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<name>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
 

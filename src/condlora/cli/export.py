@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..io import export_peft_lora, load_adapter, read_config, saved_num_labels
-from ..runner.models import ALIASES_HELP, load_classifier, quiet_loading
+from ..model import load_adapter
+from ..runner.models import ALIASES_HELP, load_classifier, quiet_loading, saved_num_labels
+from ..serialization import export_peft_lora, read_config
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..config import mix_seed
+
 MEGA_BATCHES = 50  # batches per length-sorted mega-batch (as transformers' LengthGroupedSampler)
 
 
@@ -21,7 +23,7 @@ def epoch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
     full batches are shuffled, the longest is put first (memory errors show at once) and a short last
     batch stays last. Batches hold examples of similar length, so dynamic padding wastes little.
     """
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    gen = torch.Generator().manual_seed(mix_seed(seed, epoch))
     perm = torch.randperm(len(lengths), generator=gen).tolist()
     if not group_by_length:
         return perm

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import CondLoRAError
 from ..fileio import existing_dir, replace_dir, write_json
-from ..io import write_safetensors
+from ..serialization import copy_weights, write_safetensors
 from .methods import trainable_state
 
 CHECKPOINT_DIR = "checkpoint"
@@ -92,13 +92,7 @@ def save_checkpoint(output_dir: Path, model: nn.Module, optimizer: torch.optim.O
 
 def load_trainable(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
     """Copy saved trainable tensors into `model`; the names must match its trainable parameters exactly."""
-    params = trainable_state(model)
-    if set(params) != set(tensors):
-        diff = sorted(set(params) ^ set(tensors))
-        raise CondLoRAError(f"{source} does not match this run's trainable parameters (e.g. {diff[0]})")
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(tensors[name].to(device=p.device, dtype=p.dtype))
+    copy_weights(trainable_state(model), tensors, source, expected="this run's trainable parameters")
 
 
 def load_checkpoint(output_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,

@@ -24,10 +24,11 @@ from torch import nn
 from ..config import AdapterConfig
 from ..errors import ConfigError, require
 from ..fileio import replace_dir
-from ..inject import apply_adapter, linear_names
-from ..io import PREFIX as PEFT_PREFIX
-from ..io import export_peft_lora, save_adapter, write_safetensors
+from ..inject import count_parameters, linear_names
 from ..layers import draw_matrix, module_seed
+from ..model import apply_adapter
+from ..serialization import PEFT_MODEL_PREFIX as PEFT_PREFIX
+from ..serialization import export_peft_lora, save_adapter, write_safetensors
 from .models import head_module_names, head_save_names
 
 METHODS = ("lora", "condlora", "lora-frozen-a", "condlora-frozen-a", "lora-frozen-b", "condlora-frozen-b",
@@ -135,14 +136,8 @@ def is_head_param(name: str, heads: list[str]) -> bool:
 
 def parameter_counts(model: nn.Module, heads: list[str]) -> dict[str, int]:
     """Trainable parameters: `trainable` (adapter, or body for full fine-tuning; head excluded) and `head`."""
-    seen: set[int] = set()
-    counts = {"trainable": 0, "head": 0}
-    for name, p in model.named_parameters():
-        if id(p) in seen or not p.requires_grad:
-            continue
-        seen.add(id(p))
-        counts["head" if is_head_param(name, heads) else "trainable"] += p.numel()
-    return counts
+    counts = count_parameters(model, other=lambda name: is_head_param(name, heads))
+    return {"trainable": counts["adapter"], "head": counts["other"]}
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..errors import CondLoRAError, ConfigError
+from ..serialization import WEIGHTS_NAME, read_tensors
 
 MINILM = "minilm"
 ROBERTA_RANDOM = "roberta-base-random"
@@ -142,3 +144,10 @@ def quiet_loading(quiet: bool) -> Iterator[None]:
     finally:
         if enabled:
             logging.enable_progress_bar()
+
+
+def saved_num_labels(adapter: str | Path) -> int:
+    """Classifier outputs of the head saved with a condlora adapter (2 when no head was saved)."""
+    ends = ("classifier.weight", "out_proj.weight", "score.weight")
+    heads = [v for k, v in read_tensors(Path(adapter) / WEIGHTS_NAME).items() if k.endswith(ends)]
+    return heads[-1].shape[0] if heads else 2

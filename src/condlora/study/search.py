@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..config import mix_seed
 from ..errors import CondLoRAError, ConfigError
 from .runs import RunFn, finished_run, run_config, run_once, same_lr, same_run, train_run
 
@@ -147,7 +148,7 @@ def search_lr(task: str, method: str, base_cfg: dict[str, Any], n_trials: int, s
             raise optuna.TrialPruned("trial budget reached")
         # a sampler seeded per trial number: workers started together (same --search-seed) do not draw the
         # same LRs in lockstep, and a resumed or single-worker search stays reproducible
-        study.sampler = optuna.samplers.TPESampler(seed=seed * 1_000_003 + trial.number)
+        study.sampler = optuna.samplers.TPESampler(seed=mix_seed(seed, trial.number))
         lr = trial.suggest_float("lr", lo, hi, log=True)  # a grid LR comes from the queue
         run_dir = trial_dir(root, trial.number, method, seed, lr, trial.user_attrs.get("run_dir"))
         cfg = {**base_cfg, "task": task, "method": method, "seed": seed, "lr": lr, "output_dir": run_dir}

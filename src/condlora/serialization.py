@@ -1,4 +1,7 @@
-"""Save and load adapters (safetensors + JSON, PEFT-style names) and export them as plain PEFT LoRA."""
+"""Adapters on disk: save and read (safetensors + JSON, PEFT-style names), adapter folders, PEFT LoRA export.
+
+This module changes no model's structure: `condlora.model` applies, loads and removes adapters with it.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +14,28 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from . import __version__
+from ._version import __version__
 from .config import AdapterConfig
-from .errors import AdapterLoadError, CondLoRAError, ConfigError, TargetError, require
+from .errors import AdapterLoadError, CondLoRAError, require
 from .fileio import atomic_write, write_json, write_text
-from .inject import GENERATORS_ATTR, adapter_layers, apply_adapter, get_config, merge_and_unload, name_matches
+from .inject import GENERATORS_ATTR, adapter_layers, get_config, name_matches
 from .layers import Conv1D
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-PREFIX = "base_model.model."
+PEFT_MODEL_PREFIX = "base_model.model."  # what PEFT puts before every saved name
 # Written beside our config so that PEFT, which looks this value up, fails naming the way to convert.
+# Fields that change what a loaded adapter computes; a checkpoint must agree on them to resume.
+MATCHING_FIELDS = ("method", "r", "alpha", "dropout", "train_a", "train_b", "modules_to_save", "module_types",
+                   "fingerprint")
+# PEFT task types by model class name suffix (encoder-decoder "ForConditionalGeneration" handled apart).
+TASK_SUFFIXES = (
+    ("ForSequenceClassification", "SEQ_CLS"),
+    ("ForCausalLM", "CAUSAL_LM"),
+    ("LMHeadModel", "CAUSAL_LM"),
+    ("ForTokenClassification", "TOKEN_CLS"),
+    ("ForQuestionAnswering", "QUESTION_ANS"),
+)
 NOT_PEFT = "CONDLORA (a condlora adapter, not a PEFT one: load it with condlora.load_adapter, or convert it " \
     "with condlora.export_peft_lora)"
 
@@ -37,7 +51,7 @@ def _saved_modules(model: nn.Module, cfg: AdapterConfig, peft_rule: bool = False
             name, cfg.modules_to_save)
         if hit:
             for pname, p in module.named_parameters():
-                out[f"{PREFIX}{name}.{pname}"] = p
+                out[f"{PEFT_MODEL_PREFIX}{name}.{pname}"] = p
     return out
 
 
@@ -47,12 +61,12 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     if cfg.method == "lora":
         for name, layer in adapter_layers(model):
-            out[f"{PREFIX}{name}.lora_A.weight"] = layer.lora_A
-            out[f"{PREFIX}{name}.lora_B.weight"] = layer.lora_B
+            out[f"{PEFT_MODEL_PREFIX}{name}.lora_A.weight"] = layer.lora_A
+            out[f"{PEFT_MODEL_PREFIX}{name}.lora_B.weight"] = layer.lora_B
     else:
         for key, gen in getattr(model, GENERATORS_ATTR).items():
-            out[f"{PREFIX}{GENERATORS_ATTR}.{key}.theta_A"] = gen.theta_A
-            out[f"{PREFIX}{GENERATORS_ATTR}.{key}.theta_B"] = gen.theta_B
+            out[f"{PEFT_MODEL_PREFIX}{GENERATORS_ATTR}.{key}.theta_A"] = gen.theta_A
+            out[f"{PEFT_MODEL_PREFIX}{GENERATORS_ATTR}.{key}.theta_B"] = gen.theta_B
     out.update(_saved_modules(model, cfg))
     return out
 
@@ -110,47 +124,30 @@ def read_tensors(file: Path) -> dict[str, torch.Tensor]:
         raise AdapterLoadError(f"{file} is not a readable safetensors file: {e}") from None
 
 
-def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Apply the adapter saved in folder `path` to `model` and load its weights; returns `model`.
-
-    Frozen matrices (A or B) come from the file, never from the seed. The model is left untouched on error.
-    """
-    path = Path(path)
-    cfg = read_config(path)
-    tensors = read_tensors(path / WEIGHTS_NAME)
-    if cfg.fingerprint is None:
-        raise AdapterLoadError(f"{path / CONFIG_NAME} has no fingerprint; it was not written by save_adapter")
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        apply_adapter(model, cfg)
-    except (TargetError, ConfigError) as e:
-        raise AdapterLoadError(f"the adapter in {path} does not fit this model: {e}") from None
-    try:
-        load_adapter_weights(model, tensors, str(path / WEIGHTS_NAME))
-    except AdapterLoadError:
-        merge_and_unload(model)  # nothing was copied yet and A or B is zero: this restores the base exactly
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        raise
-    return model
-
-
 def load_adapter_weights(model: nn.Module, tensors: dict[str, torch.Tensor], source: str = "file") -> None:
     """Copy saved tensors into the adapter; the key set, shapes and dtypes must match exactly."""
-    expected = adapter_state_dict(model)
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
+    copy_weights(adapter_state_dict(model), tensors, source)
+
+
+def copy_weights(targets: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], source: str,
+                 expected: str = "the adapter config") -> None:
+    """Copy `tensors` into the same-named `targets` once their names, shapes and finite values are checked.
+
+    Any mismatch raises AdapterLoadError saying how `source` differs from `expected`; nothing is copied then.
+    """
+    missing = sorted(set(targets) - set(tensors))
+    unexpected = sorted(set(tensors) - set(targets))
     if missing or unexpected:
         what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
-        raise AdapterLoadError(f"{source} does not match the adapter config: {what}")
-    for key, target in expected.items():
+        raise AdapterLoadError(f"{source} does not match {expected}: {what}")
+    for key, target in targets.items():
         t = tensors[key]
         if tuple(t.shape) != tuple(target.shape):
             raise AdapterLoadError(f"{source}: {key} has shape {tuple(t.shape)}, expected {tuple(target.shape)}")
         if not t.is_floating_point() or not torch.isfinite(t).all():
             raise AdapterLoadError(f"{source}: {key} must hold finite floating-point values ({t.dtype})")
     with torch.no_grad():
-        for key, target in expected.items():
+        for key, target in targets.items():
             target.copy_(tensors[key].to(dtype=target.dtype, device=target.device))
 
 
@@ -161,8 +158,8 @@ def peft_lora_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         for name, layer in adapter_layers(model):
             a, b = layer.lora_AB()
-            out[f"{PREFIX}{name}.lora_A.weight"] = a.detach().clone()
-            out[f"{PREFIX}{name}.lora_B.weight"] = b.detach().clone()
+            out[f"{PEFT_MODEL_PREFIX}{name}.lora_A.weight"] = a.detach().clone()
+            out[f"{PEFT_MODEL_PREFIX}{name}.lora_B.weight"] = b.detach().clone()
     out.update({k: v.detach() for k, v in _saved_modules(model, cfg, peft_rule=True).items()})
     return out
 
@@ -176,8 +173,6 @@ def export_peft_lora(model: nn.Module, path: str | os.PathLike, *, base_model_na
     """
     require("peft", "export_peft_lora", "peft")
     from peft import LoraConfig
-
-    from .hf import peft_task_type
 
     cfg = get_config(model)
     layers = list(adapter_layers(model))
@@ -201,8 +196,37 @@ def export_peft_lora(model: nn.Module, path: str | os.PathLike, *, base_model_na
     return path
 
 
-def saved_num_labels(adapter: str | Path) -> int:
-    """Classifier outputs of the head saved with a condlora adapter (2 when no head was saved)."""
-    ends = ("classifier.weight", "out_proj.weight", "score.weight")
-    heads = [v for k, v in read_tensors(Path(adapter) / WEIGHTS_NAME).items() if k.endswith(ends)]
-    return heads[-1].shape[0] if heads else 2
+def is_adapter_dir(path: str | os.PathLike) -> bool:
+    """Whether folder `path` holds a condlora adapter (`save_adapter`'s files)."""
+    if not (Path(path) / CONFIG_NAME).is_file():
+        return False
+    _, data = read_config_json(path)
+    return isinstance(data, dict) and "condlora" in data
+
+
+def load_adapter_state(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Copy the adapter weights saved in `path` into `model`'s own adapter (resume, best checkpoint).
+
+    Unlike `load_adapter`, `model` already has the adapter; the saved one must have the same method, rank,
+    scaling, targets and saved modules, else a clear error names the first field that differs.
+    """
+    cfg, saved = get_config(model).to_dict(), read_config(path).to_dict()
+    for name in MATCHING_FIELDS:
+        if saved[name] != cfg[name]:
+            raise AdapterLoadError(f"the adapter in {path} differs from this model's in {name}: "
+                                   f"{saved[name]!r} saved, {cfg[name]!r} here")
+    weights = Path(path) / WEIGHTS_NAME
+    load_adapter_weights(model, read_tensors(weights), str(weights))
+    return model
+
+
+def peft_task_type(model: nn.Module) -> str | None:
+    """PEFT's `task_type` for `model` ("SEQ_CLS", "CAUSAL_LM", ...) from its class or config, or None."""
+    config = getattr(model, "config", None)
+    for name in (type(model).__name__, *(getattr(config, "architectures", None) or [])):
+        for suffix, task in TASK_SUFFIXES:
+            if name.endswith(suffix):
+                return task
+        if name.endswith("ForConditionalGeneration") and getattr(config, "is_encoder_decoder", False):
+            return "SEQ_2_SEQ_LM"
+    return None

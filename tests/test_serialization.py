@@ -144,3 +144,23 @@ def _edit_config(folder, **changes):
 def _edit_tensors(folder, edit):
     file = folder / "adapter_model.safetensors"
     save_file({k: v.contiguous() for k, v in edit(load_file(file)).items()}, file)
+
+
+def test_copy_weights_checks_everything_before_copying_anything():
+    from condlora.runner.checkpoint import load_trainable
+    from condlora.serialization import copy_weights
+
+    targets = {"a": torch.zeros(2, 3), "b": torch.zeros(4)}
+    good = {"a": torch.ones(2, 3), "b": torch.ones(4)}
+    bad = [({"a": good["a"]}, "missing b"), ({**good, "c": torch.ones(1)}, "unexpected c"),
+           ({**good, "b": torch.ones(5)}, r"b has shape \(5,\), expected \(4,\)"),
+           ({**good, "b": torch.full((4,), float("nan"))}, "b must hold finite")]
+    for tensors, msg in bad:
+        with pytest.raises(AdapterLoadError, match=msg):
+            copy_weights(targets, tensors, "f.safetensors", expected="the run")
+        assert not any(t.any() for t in targets.values())
+    copy_weights(targets, {k: v.double() for k, v in good.items()}, "f")
+    assert all(torch.equal(t, good[k]) and t.dtype == torch.float32 for k, t in targets.items())
+    model = torch.nn.Linear(3, 2)
+    with pytest.raises(AdapterLoadError, match=r"^best does not match this run's trainable parameters: missing bias$"):
+        load_trainable(model, {"weight": torch.ones(2, 3)}, "best")
