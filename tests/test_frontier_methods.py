@@ -248,3 +248,17 @@ def test_study_gives_each_row_its_own_grid_and_brackets_the_best_lr(tmp_path):
     fixed = StudySettings(tasks="rte", methods="lora-r1,vera", output_dir=str(tmp_path / "f"), lr_grid="1e-3,2e-3",
                           run_args={"model": "fake"})
     assert fixed.grid("vera") == fixed.grid("lora-r1") == [1e-3, 2e-3]  # a list overrides for every row
+
+
+def test_bench_trains_and_merges_the_rows(tmp_path):
+    from condlora.cli import bench as bench_cli
+    from condlora.cli import build_parser
+
+    tiny_bert().save_pretrained(tmp_path / "tiny")
+    argv = ["bench", "--model", str(tmp_path / "tiny"), "--batch-size", "2", "--max-length", "8", "--steps", "1",
+            "--warmup", "0", "--repeats", "1", "--methods", "vera,infer-merged-fourierft", "--threads", "1",
+            "--json", str(tmp_path / "b.json"), "--quiet"]
+    assert bench_cli.main(build_parser("bench").parse_args(argv)) == 0
+    res = json.loads((tmp_path / "b.json").read_text())["results"]
+    assert res["vera"]["trainable"] == 32 * 2 + 2 + 4 * (256 + 32)  # linear head + 2 layers x query, value
+    assert res["infer-merged-fourierft"]["trainable"] == 0 and res["infer-merged-fourierft"]["step_s"] > 0
