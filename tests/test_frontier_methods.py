@@ -166,7 +166,8 @@ def tiny(tmp_path_factory):
 def test_condlora_train_runs_saves_and_records_the_row(tiny, tmp_path, capsys, method):
     from peft import PeftModel
 
-    from condlora.runner.models import load_classifier
+    from condlora.runner.data import Encoded, load_glue
+    from condlora.runner.models import load_classifier, load_tokenizer
 
     args = ["train", "--task", "rte", "--method", method, "--model", tiny["model"], "--glue-dir", tiny["glue"],
             "--output-dir", str(tmp_path), "--epochs", "1", "--batch-size", "8", "--max-length", "32"]
@@ -185,6 +186,11 @@ def test_condlora_train_runs_saves_and_records_the_row(tiny, tmp_path, capsys, m
     assert res["saved"] == ["best_adapter"] and math.isfinite(res["val_score"])
     model = PeftModel.from_pretrained(load_classifier(tiny["model"], num_labels=2), tmp_path / "best_adapter")
     assert adapter_count(model) == 0  # loaded for inference
+    batch = Encoded(load_glue("rte", tiny["glue"]).test, load_tokenizer(tiny["model"]), 32).batch(range(12))
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        pred = model.eval()(**batch).logits.argmax(-1)
+    assert (pred == labels).float().mean().item() == pytest.approx(res["test_score"])  # the best adapter
     assert cli_main(args) == 0 and "already complete" in capsys.readouterr().out  # the run folder is reused
 
 
@@ -262,3 +268,15 @@ def test_bench_trains_and_merges_the_rows(tmp_path):
     res = json.loads((tmp_path / "b.json").read_text())["results"]
     assert res["vera"]["trainable"] == 32 * 2 + 2 + 4 * (256 + 32)  # linear head + 2 layers x query, value
     assert res["infer-merged-fourierft"]["trainable"] == 0 and res["infer-merged-fourierft"]["step_s"] > 0
+
+
+def test_status_report_plans_each_rows_own_grid(tmp_path):
+    from condlora.study.report import study_plan
+
+    out = tmp_path / "s"
+    out.mkdir()
+    settings = {"tasks": ["mrpc"], "methods": ["lora", "vera"], "lr_grid": None, "lr_search": None,
+                "lr_grids": {"lora": [1e-3, 2e-3, 5e-3], "vera": [4e-3, 1e-2]}}
+    (out / "study.json").write_text(json.dumps({"settings": settings, "lr": {}}))
+    plan = study_plan(out)
+    assert plan["searched"] and plan["n_trials"] == {("mrpc", "lora"): 3, ("mrpc", "vera"): 2}
