@@ -161,8 +161,9 @@ class TrainConfig:
             if not applies(name, self.method):
                 raise ConfigError(f"method {self.method} has no {name} (got {given!r})")
             if name in d.fixed and given != getattr(d, name):
+                alpha = f" --alpha {given!r}" if name == "r" and "alpha" in d.fixed else ""  # scaling 1 again
                 raise ConfigError(f"method {self.method} is {d.kind} at {d.sizes()}; for {name}={given!r} use "
-                                  f"--method {d.kind} --{name.replace('_', '-')} {given!r}")
+                                  f"--method {d.kind} --{name.replace('_', '-')} {given!r}{alpha}")
         for name in (*SIZES, "lr", "head_lr"):
             if getattr(self, name) is None:
                 setattr(self, name, getattr(d, name))
