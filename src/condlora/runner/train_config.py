@@ -130,7 +130,7 @@ class TrainConfig:
             self.target_modules = [t.strip() for t in self.target_modules.split(",") if t.strip()]
         for name in ("epochs", "lr", "head_lr", "alpha", "fourier_scaling", "dropout", "warmup_ratio",
                      "weight_decay"):
-            if getattr(self, name) is not None or name in ("epochs", "lr", "dropout"):
+            if getattr(self, name) is not None or name not in ("head_lr", "alpha", "fourier_scaling"):
                 _check_number(name, getattr(self, name), float)
         for name in ("batch_size", "max_length", "r", "n_frequency", "max_train_samples", "max_eval_samples",
                      "eval_every", "save_every", "seed", "patience"):
