@@ -134,7 +134,8 @@ def test_row_names_fix_their_sizes_and_refuse_what_they_lack(tmp_path):
     assert (cfg.r, cfg.n_frequency, cfg.fourier_scaling, cfg.lr, cfg.head_lr) == (None, 1000, 150.0, 5e-2, 6e-3)
     assert TrainConfig(method="vera", r=64, **base).r == 64
     assert TrainConfig(method="lora", **base).run_dict()["r"] == 8  # old rows: unchanged
-    with pytest.raises(ConfigError, match="lora-r1 is lora at r=1, alpha=1; for r=4 use --method lora --r 4 --alpha 4$"):
+    hint = "lora-r1 is lora at r=1, alpha=1; for r=4 use --method lora --r 4 --alpha 4$"
+    with pytest.raises(ConfigError, match=hint):
         TrainConfig(method="lora-r1", r=4, **base)
     with pytest.raises(ConfigError, match="vera-r1024 is vera at r=1024; for r=256 use --method vera --r 256"):
         TrainConfig(method="vera-r1024", r=256, **base)
