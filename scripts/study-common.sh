@@ -7,7 +7,8 @@ if [ -d "$GLUE" ]; then
   echo "GLUE data: the local TSV files in $GLUE"
 else
   DATA=()
-  ${PYTHON:-python3} -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[data]"
+  [ "${SKIP_INSTALL:-0}" = 1 ] ||   # SKIP_INSTALL=1: installs nothing (then `datasets` must be there already)
+    ${PYTHON:-python3} -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[data]"
   echo "GLUE data: no folder at $GLUE; reading nyu-mll/glue from the Hugging Face hub (datasets)"
 fi
 ALL_TASKS=rte,mrpc,stsb,cola,sst2

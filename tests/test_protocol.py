@@ -106,7 +106,8 @@ def test_roberta_linear_head_trains_out_proj_only_and_saves_the_frozen_dense(tmp
 
 def test_methods_tuple():
     assert METHODS == ("lora", "condlora", "lora-frozen-a", "condlora-frozen-a", "lora-frozen-b",
-                       "condlora-frozen-b", "condlora-general", "full", "head")
+                       "condlora-frozen-b", "condlora-general", "full", "head", "lora-r1", "lora-r2", "vera",
+                       "vera-r1024", "fourierft")
 
 
 def test_peft_lora_frozen_b_starts_as_identity_with_the_librarys_frozen_b():

@@ -70,3 +70,33 @@ def test_better_form_is_the_higher_average_over_tasks(tmp_path):
     (tmp_path / "out" / "runs" / "cola" / "condlora-general" / "seed0" / "results.json").write_text(
         json.dumps({"task": "cola", "method": "condlora-general", "test_score": 0.40}))
     assert run_common(tmp_path, 'condlora_better_form "$OUT"').stdout.splitlines()[-1] == "condlora-general"
+
+
+def test_frontier_copies_the_converged_records_and_gives_each_row_its_own_grid(tmp_path):
+    main = tmp_path / "converged"
+    for kind, leaf in (("runs", "seed0"), ("search", "trial0")):
+        for method in ("lora", "condlora-general", "lora-frozen-a"):
+            d = main / kind / "mrpc" / method / leaf
+            d.mkdir(parents=True)
+            (d / "results.json").write_text(json.dumps({"method": method}))
+    (tmp_path / "pip-calls").write_text("")
+    fake_python = tmp_path / "python"
+    fake_python.write_text(f'#!/usr/bin/env bash\necho "$*" >> {tmp_path / "pip-calls"}\n')
+    fake_python.chmod(0o755)
+    env = {"SKIP_INSTALL": "1", "MAIN": str(main)}
+    done = run_common(tmp_path, f"PYTHON={fake_python} bash scripts/frontier.sh", **env)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "pip-calls").read_text() == ""  # SKIP_INSTALL=1: no scripts/install.sh
+    out = tmp_path / "out"
+    assert json.loads((out / "runs/mrpc/lora/seed0/results.json").read_text()) == {"method": "lora"}
+    assert (out / "search/mrpc/condlora-general/trial0/results.json").is_file()
+    assert not (out / "runs/mrpc/lora-frozen-a").exists() and not (out / "runs/mrpc/lora").is_symlink()
+    calls = study_calls(tmp_path)
+    assert [c.split("--tasks ")[1].split()[0] for c in calls] == ["cola,sst2", "mrpc,stsb", "mrpc,stsb,cola,sst2"]
+    methods = "condlora-general,lora,condlora,lora-r1,lora-r2,vera,vera-r1024,fourierft"
+    for c in calls:
+        assert "--lr-grid auto " in c and "1e-3" not in c and f"--output-dir {out} " in c
+        assert f"--methods {methods} --seeds 3 --quiet" in c
+    (out / "runs/mrpc/lora/seed0/results.json").write_text("{}")  # a re-run keeps what is there
+    assert run_common(tmp_path, "bash scripts/frontier.sh", **env).returncode == 0
+    assert (out / "runs/mrpc/lora/seed0/results.json").read_text() == "{}"

@@ -105,7 +105,8 @@ def read_config(path: str | os.PathLike) -> AdapterConfig:
     """Read and validate a condlora adapter config; clear errors for missing or malformed files."""
     file, data = read_config_json(path)
     if not isinstance(data, dict) or "condlora" not in data:
-        hint = " (a PEFT adapter: load it with peft)" if isinstance(data, dict) and "peft_type" in data else ""
+        peft_type = data.get("peft_type") if isinstance(data, dict) else None
+        hint = f" (a PEFT {peft_type} adapter: load it with peft)" if peft_type else ""
         raise AdapterLoadError(f"{file} is not a condlora adapter config{hint}")
     try:
         return AdapterConfig.from_dict(data["condlora"])

@@ -22,7 +22,8 @@ import tempfile
 from ..errors import CondLoRAError
 
 DEFAULT_METHODS = ("base", "lora", "native-lora", "condlora", "condlora-frozen-a", "native-lora-frozen-a", "full",
-                   "infer-base", "infer-merged", "infer-condlora")
+                   "lora-r1", "vera", "vera-r1024", "fourierft", "infer-base", "infer-merged", "infer-condlora",
+                   "infer-merged-vera", "infer-merged-vera-r1024", "infer-merged-fourierft")
 # old method names, still accepted
 ALIASES = {"peft-lora": "lora"}
 

@@ -23,8 +23,11 @@ from torch import nn
 
 from ..errors import CondLoRAError, require
 
-TRAIN_METHODS = ("base", "lora", "native-lora", "condlora", "condlora-frozen-a", "native-lora-frozen-a", "full")
-INFER_METHODS = ("infer-base", "infer-merged", "infer-condlora")
+# real PEFT rows at their own sizes (runner.method_defaults): trained, and merged for inference
+PEFT_ROWS = ("lora-r1", "vera", "vera-r1024", "fourierft")
+TRAIN_METHODS = ("base", "lora", "native-lora", "condlora", "condlora-frozen-a", "native-lora-frozen-a", "full",
+                 *PEFT_ROWS)
+INFER_METHODS = ("infer-base", "infer-merged", "infer-condlora", *(f"infer-merged-{m}" for m in PEFT_ROWS[1:]))
 METHODS = TRAIN_METHODS + INFER_METHODS
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 PREFIX = "@@ "
@@ -42,6 +45,9 @@ def apply_method(model: nn.Module, method: str, r: int, alpha: float, targets: l
         # the floor: gradients flow into every layer's input (as below any adapter), only the head trains
         model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.requires_grad_(True))
         return model
+    row = method.removeprefix("infer-merged-")
+    if row in PEFT_ROWS:
+        return _peft_row(model, row, targets, merged=method != row)
     if method == "lora":  # the real peft library
         require("peft", "bench method 'lora'", "peft")
         from peft import LoraConfig, get_peft_model
@@ -62,6 +68,24 @@ def apply_method(model: nn.Module, method: str, r: int, alpha: float, targets: l
         if method == "infer-merged":
             model = merge_and_unload(model)
     return model
+
+
+def _peft_row(model: nn.Module, method: str, targets: list[str], merged: bool) -> nn.Module:
+    """A PEFT row at its own sizes with the linear head; `merged`: a trained-looking adapter merged into W."""
+    from ..runner.method_defaults import method_defaults
+    from ..runner.methods import setup_method
+
+    d = method_defaults(method)
+    model = setup_method(model, method, d.r, d.alpha, 0.0, targets, 0, "auto", "linear", d.n_frequency,
+                         d.fourier_scaling)
+    if not merged:
+        return model
+    with torch.no_grad():  # non-zero vectors / spectrum so the merge is real work
+        gen = torch.Generator().manual_seed(1)
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=gen).to(p.dtype))
+    return model.merge_and_unload()
 
 
 class Runner:

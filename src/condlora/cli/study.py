@@ -36,7 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", help=f"comma-separated GLUE tasks ({', '.join(TASKS)}; default {DEFAULT_TASKS}); "
                    "or own data: --train-file")
     p.add_argument("--methods", default="lora,condlora",
-                   help=f"comma-separated methods ({', '.join(METHODS)}); Δ and p-values compare with the first")
+                   help=f"comma-separated methods ({', '.join(METHODS)}); Δ and p-values compare with the first. "
+                        "lora-r1, lora-r2, vera, vera-r1024, fourierft: rows of a tiny budget, each at its own size "
+                        "(see condlora train --method)")
     p.add_argument("--seeds", default="3", metavar="N|LIST",
                    help=f"seeds per task x method at the chosen LR: {SEEDS_HELP} (default 3)")
     p.add_argument("--output-dir", required=True, help="study folder (runs, search, tables, study.json)")
@@ -51,10 +53,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     lr = p.add_mutually_exclusive_group()
     lr.add_argument("--lr-search", type=int, metavar="N_TRIALS",
                     help="Optuna TPE search over LR in --lr-range (log), N_TRIALS per task x method")
-    lr.add_argument("--lr-grid", metavar="LR,LR,...",
+    lr.add_argument("--lr-grid", metavar="LR,LR,...|auto",
                     help="try every LR of this list per task x method (Optuna study of enqueued trials); "
                          "the best on validation is used. Where it sits at an edge of the list, the grid is "
-                         "extended past that edge by the edge's own step (e.g. 1e-3,2e-3 -> 5e-4), two LRs at most")
+                         "extended past that edge by the edge's own step (e.g. 1e-3,2e-3 -> 5e-4), two LRs at most. "
+                         "'auto': each method its own grid (1e-3,2e-3,5e-3; vera*: 4e-3,1e-2,2.5e-2; "
+                         "fourierft: 2e-2,5e-2,1.25e-1, where their papers work)")
     lr.add_argument("--lr-preset", choices=sorted(PRESETS),
                     help="learning rates hard-coded in the authors' scripts (LoRA and CondLoRA only)")
     p.add_argument("--lr", type=float, help="fixed LR for every run, or the fallback where the preset has none")
@@ -82,6 +86,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-eval-samples", type=int)
     g.add_argument("--r", type=int)
     g.add_argument("--alpha", type=float)
+    g.add_argument("--head-lr", type=float, help="the head's own LR for every row (default: each method's own, "
+                   "see condlora train --head-lr)")
     g.add_argument("--target-modules", help="comma-separated, e.g. query,value")
     g.add_argument("--cond-form", choices=COND_FORMS, help="CondLoRA's form: auto (default), paper or general")
     g.add_argument("--head", choices=("dense", "linear"),

@@ -38,7 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     owndata.add_arguments(p)
     p.add_argument("--method", default="condlora", choices=METHODS,
                    help="lora (real PEFT), condlora, their frozen-A / frozen-B variants, condlora-general "
-                        "(CondLoRA in the general form), full or head (default: condlora)")
+                        "(CondLoRA in the general form), full or head (default: condlora); rows of a tiny "
+                        "budget, all real PEFT: lora-r1, lora-r2 (LoRA at r = 1, 2 with alpha = r, i.e. scaling "
+                        "1 as lora's r = 8, alpha = 8), vera (VeRA, r = 256), vera-r1024, fourierft (FourierFT, "
+                        "1000 frequencies)")
     p.add_argument("--model", default="minilm", help=f"base model: {ALIASES_HELP} (default: minilm; "
                    "the paper used roberta-base)")
     p.add_argument("--glue-dir", default=None, help=f"GLUE TSV folder (TASK/train.tsv, dev.tsv); default "
@@ -47,14 +50,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of init, data order and dropout (default: 0)")
     p.add_argument("--epochs", type=float, default=3, help="training epochs; the maximum with --patience "
                    "(default: 3)")
-    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default: 5e-4)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 5e-4; vera*: 1e-2, "
+                   "fourierft: 5e-2, their papers' GLUE settings)")
+    p.add_argument("--head-lr", type=float, default=None,
+                   help="peak learning rate of the classification head (default: --lr; vera*: 4e-3, "
+                        "fourierft: 6e-3, as their papers train the head)")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="global batch size (default: 16)")
     p.add_argument("--max-length", type=_positive_int, default=128, help="max tokens per example (default: 128)")
     p.add_argument("--max-train-samples", type=_positive_int, default=None, help="use the first N training examples")
     p.add_argument("--max-eval-samples", type=_positive_int, default=None,
                    help="at most N validation examples and N per test part")
-    p.add_argument("--r", type=_positive_int, default=8, help="adapter rank (default: 8)")
-    p.add_argument("--alpha", type=float, default=8.0, help="adapter alpha; scaling = alpha / r (default: 8)")
+    p.add_argument("--r", type=_positive_int, default=None,
+                   help="adapter rank, VeRA's too (default: 8; lora-r1: 1, lora-r2: 2, vera: 256, vera-r1024: 1024)")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="LoRA / CondLoRA alpha; scaling = alpha / r (default: 8; lora-r1, lora-r2: alpha = r)")
+    p.add_argument("--n-frequency", type=_positive_int, default=None,
+                   help="FourierFT: trainable spectral coefficients per adapted layer (default: 1000)")
+    p.add_argument("--fourier-scaling", type=float, default=None,
+                   help="FourierFT: the scaling of ΔW, like LoRA's alpha (default: 150, PEFT's)")
     p.add_argument("--dropout", type=float, default=0.0, help="adapter input dropout (default: 0)")
     p.add_argument("--target-modules", type=_modules, default=["query", "value"],
                    help="comma-separated modules to adapt (default: query,value)")

@@ -6,6 +6,9 @@
   name))`, B zero; frozen B = `draw_matrix(d_out, r, "orthogonal", module_seed(seed, name, "B"))`, A zero.
 * `condlora`, `condlora-frozen-a`, `condlora-frozen-b`: `condlora.apply_adapter` (one shared generator per
   module type) in the form `cond_form` asks for; `condlora-general`: CondLoRA in the general form always.
+* `lora-r1`, `lora-r2`: PEFT LoRA at rank 1 and 2, alpha = r. `vera`, `vera-r1024`: PEFT VeRA at r = 256 and
+  1024 (`peft.VeraConfig`; its shared A, B are drawn from the run's seed). `fourierft`: PEFT FourierFT
+  (`peft.FourierFTConfig`; its frequencies are drawn from the run's seed). Sizes and LRs: `method_defaults`.
 * `full`: every weight trains. `head`: only the classification head trains.
 
 Every method trains the same classification head (`head`: "dense" or "linear", see
@@ -29,26 +32,38 @@ from ..layers import draw_matrix, module_seed
 from ..model import apply_adapter
 from ..serialization import PEFT_MODEL_PREFIX as PEFT_PREFIX
 from ..serialization import export_peft_lora, save_adapter, write_safetensors
+from .method_defaults import ROWS, method_defaults
 from .models import head_module_names, head_save_names
 
 METHODS = ("lora", "condlora", "lora-frozen-a", "condlora-frozen-a", "lora-frozen-b", "condlora-frozen-b",
-           "condlora-general", "full", "head")
-ADAPTER_METHODS = METHODS[:7]
-LORA_FROZEN = {"lora": None, "lora-frozen-a": "A", "lora-frozen-b": "B"}
+           "condlora-general", "full", "head", *ROWS)
+LORA_FROZEN = {"lora": None, "lora-frozen-a": "A", "lora-frozen-b": "B", "lora-r1": None, "lora-r2": None}
+PEFT_NAMES = {"LORA": "LoRA", "VERA": "VeRA", "FOURIERFT": "FourierFT"}
+PEFT_METHODS = (*LORA_FROZEN, "vera", "vera-r1024", "fourierft")  # saved by PEFT's save_pretrained
 CONDLORA_SIDES = {"condlora": (True, True), "condlora-frozen-a": (False, True), "condlora-frozen-b": (True, False),
                   "condlora-general": (True, True)}  # (train_a, train_b)
 
 
-def setup_method(model: nn.Module, method: str, r: int, alpha: float, dropout: float,
-                 target_modules: list[str], seed: int, cond_form: str = "auto", head: str = "dense") -> nn.Module:
+def setup_method(model: nn.Module, method: str, r: int | None, alpha: float | None, dropout: float,
+                 target_modules: list[str], seed: int, cond_form: str = "auto", head: str = "dense",
+                 n_frequency: int | None = None, fourier_scaling: float | None = None) -> nn.Module:
     """Prepare `model` for `method`: add the adapter and set exactly the trainable parameters.
 
     `cond_form` is CondLoRA's form ("auto", "paper" or "general"; see `AdapterConfig`); LoRA ignores it.
     `head` is the trainable classification head ("dense" or "linear"; see `models.head_module_names`).
+    `n_frequency` and `fourier_scaling` are FourierFT's (its defaults when None); `r` is VeRA's rank too.
     """
     heads, saved = head_module_names(model, head), head_save_names(model, head)
+    d = method_defaults(method)
     if method in LORA_FROZEN:
         model = _peft_lora(model, r, alpha, dropout, target_modules, saved, seed, LORA_FROZEN[method])
+    elif d.kind in ("vera", "fourierft"):
+        from .peft_rows import peft_config
+
+        sizes = {"r": r if r is not None else d.r, "n_frequency": n_frequency or d.n_frequency,
+                 "scaling": fourier_scaling or d.fourier_scaling}
+        model = _get_peft_model(model, peft_config(d.kind, sizes, dropout, target_modules, saved, seed),
+                                target_modules)
     elif method in CONDLORA_SIDES:
         train_a, train_b = CONDLORA_SIDES[method]
         form = "general" if method == "condlora-general" else cond_form
@@ -87,17 +102,11 @@ def _train_only_head(model: nn.Module, heads: list[str], saved: list[str]) -> No
 def _peft_lora(model: nn.Module, r: int, alpha: float, dropout: float, target_modules: list[str],
                saved: list[str], seed: int, frozen: str | None) -> nn.Module:
     require("peft", "method 'lora' (real PEFT LoRA)", "peft")
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
 
     config = LoraConfig(task_type="SEQ_CLS", r=r, lora_alpha=alpha, lora_dropout=dropout,
                         target_modules=list(target_modules), modules_to_save=list(saved), bias="none")
-    try:
-        with warnings.catch_warnings():  # peft 0.21 asks transformers 5 a deprecated property; harmless
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            model = get_peft_model(model, config)
-    except ValueError as e:
-        raise ConfigError(f"peft could not apply LoRA with target_modules {target_modules} ({str(e).split('.')[0]}); "
-                          f"linear modules in this model: {', '.join(linear_names(model))}") from None
+    model = _get_peft_model(model, config, target_modules)
     if frozen is not None:
         for name, module in model.named_modules():
             lora_a, lora_b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
@@ -105,6 +114,21 @@ def _peft_lora(model: nn.Module, r: int, alpha: float, dropout: float, target_mo
                 _freeze_side(lora_a["default"].weight, lora_b["default"].weight, frozen, seed,
                              name.removeprefix(PEFT_PREFIX))
     return model
+
+
+def _get_peft_model(model: nn.Module, config, target_modules: list[str]) -> nn.Module:
+    """`peft.get_peft_model(model, config)`; a clear error where PEFT cannot adapt `target_modules`."""
+    from peft import get_peft_model
+
+    try:
+        with warnings.catch_warnings():  # peft 0.21 asks transformers 5 a deprecated property; harmless
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return get_peft_model(model, config)
+    except ValueError as e:
+        name = PEFT_NAMES.get(config.peft_type.value, config.peft_type.value)
+        raise ConfigError(f"peft could not apply {name} with target_modules {target_modules} "
+                          f"({str(e).split('.')[0]}); linear modules in this model: "
+                          f"{', '.join(linear_names(model))}") from None
 
 
 def _freeze_side(a: torch.Tensor, b: torch.Tensor, frozen: str, seed: int, name: str) -> None:
@@ -151,7 +175,7 @@ def save_best(model: nn.Module, method: str, output_dir: Path) -> list[str]:
         replace_dir(output_dir / "best_adapter", lambda tmp: save_adapter(model, tmp))
         replace_dir(output_dir / "best_adapter_peft", lambda tmp: export_peft_lora(model, tmp))
         return ["best_adapter", "best_adapter_peft"]
-    if method.startswith("lora"):
+    if method in PEFT_METHODS:
         replace_dir(output_dir / "best_adapter", lambda tmp: model.save_pretrained(tmp))
         return ["best_adapter"]
     if method == "full":

@@ -30,7 +30,7 @@ from .checkpoint import CHECKPOINT_DIR, load_checkpoint, load_trainable, save_ch
 from .data import Encoded, GlueData, load_glue, subsample
 from .distributed import check_distributed
 from .files import load_files, task_record
-from .methods import parameter_counts, save_best, setup_method, trainable_state
+from .methods import is_head_param, parameter_counts, save_best, setup_method, trainable_state
 from .metrics import compute_metrics
 from .models import head_module_names, load_classifier, load_tokenizer, quiet_loading
 from .rundir import check_output_dir, clear_run_files, versions
@@ -81,6 +81,17 @@ def _linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def param_groups(model: torch.nn.Module, heads: list[str], cfg: TrainConfig) -> list[dict]:
+    """AdamW's parameter groups: every trainable parameter at `lr`, or, with a head LR of its own, the adapter
+    (or body) at `lr` and the classification head at `head_lr`."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if cfg.head_lr is None:
+        return [{"params": [p for _, p in params]}]
+    groups = [{"params": [p for n, p in params if not is_head_param(n, heads)]},
+              {"params": [p for n, p in params if is_head_param(n, heads)], "lr": cfg.head_lr}]
+    return [g for g in groups if g["params"]]
+
+
 class Run:
     """The state of one training run: data, model, optimizer and the loop over steps."""
 
@@ -96,8 +107,7 @@ class Run:
         self._encode(tokenizer, self.data)
         self.steps_per_epoch = math.ceil(len(self.train_enc) / cfg.batch_size)
         self.total_steps = math.ceil(cfg.epochs * self.steps_per_epoch)
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(param_groups(model, self.heads, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = _linear_schedule(optimizer, math.ceil(cfg.warmup_ratio * self.total_steps),
                                           self.total_steps)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
@@ -121,7 +131,7 @@ class Run:
         self.heads = head_module_names(model, cfg.head)
         base_params = sum(p.numel() for p in model.parameters())
         model = setup_method(model, cfg.method, cfg.r, cfg.alpha, cfg.dropout, cfg.target_modules, cfg.seed,
-                             cfg.cond_form, cfg.head)
+                             cfg.cond_form, cfg.head, cfg.n_frequency, cfg.fourier_scaling)
         self.counts = {**parameter_counts(model, self.heads), "base": base_params}
         return tokenizer, model
 
@@ -302,6 +312,7 @@ class Run:
         cfg, st, metric = self.cfg, self.state, self.task.metric
         return {
             "task": cfg.task, "method": cfg.method, "model": cfg.model, "seed": cfg.seed, "lr": cfg.lr,
+            "head_lr": cfg.effective_head_lr,
             "metric": metric, "val_score": st["best_score"], "test_score": test.get(metric),
             "val_metrics": st["best_val"], "test_metrics": test,
             "trainable_params": self.counts["trainable"], "head_params": self.counts["head"],
@@ -338,6 +349,9 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
             (out / "metrics.jsonl").unlink(missing_ok=True)
     accelerator.wait_for_everyone()
     run = Run(cfg, accelerator)
+    if not cfg.quiet and accelerator.is_main_process:
+        print(f"{cfg.task} {cfg.method}: {run.counts['trainable']:,} trainable adapter parameters "
+              f"(+ {run.counts['head']:,} in the head)")
     if accelerator.is_main_process:
         write_json(out / "config.json", {"run": cfg.run_dict(), "versions": versions(),
                                          "num_processes": accelerator.num_processes,

@@ -10,13 +10,16 @@ from dataclasses import dataclass, field
 from ..config import COND_FORMS
 from ..errors import ConfigError
 from .files import DATA_FIELDS, configure_data
+from .method_defaults import applies, method_defaults
 from .methods import METHODS
 from .models import HEADS
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 NOT_RUN_FIELDS = ("quiet", "resume", "overwrite", "trust_remote_code")
 # Run settings added after runs were first written, with the value those older runs had.
-NEW_FIELD_DEFAULTS = {"cond_form": "auto", "head": "linear", "patience": None, "group_by_length": False}
+NEW_FIELD_DEFAULTS = {"cond_form": "auto", "head": "linear", "patience": None, "group_by_length": False,
+                      "head_lr": None, "n_frequency": None, "fourier_scaling": None}
+SIZES = ("r", "alpha", "n_frequency", "fourier_scaling")
 
 
 @dataclass
@@ -27,7 +30,9 @@ class TrainConfig:
         task: cola sst2 mrpc stsb qqp mnli qnli rte (case-insensitive; GLUE folder names like SST-2 accepted);
             with train_file, the own data's task name.
         method: lora (real PEFT) | condlora | lora-frozen-a | condlora-frozen-a | lora-frozen-b |
-            condlora-frozen-b | condlora-general (CondLoRA, general form whatever cond_form says) | full | head.
+            condlora-frozen-b | condlora-general (CondLoRA, general form whatever cond_form says) | full | head |
+            lora-r1 | lora-r2 (PEFT LoRA at r = 1, 2 with alpha = r) | vera (PEFT VeRA, r = 256) | vera-r1024 |
+            fourierft (PEFT FourierFT, n_frequency = 1000); see `method_defaults`.
         model: alias (`minilm`, offline), local folder or hub id.
         output_dir: run folder (config.json, metrics.jsonl, results.json, checkpoint/, best adapter).
         glue_dir: GLUE TSV folder; default $CONDLORA_GLUE_DIR, else the hub via `datasets`.
@@ -38,12 +43,17 @@ class TrainConfig:
         data_sha256: set from the files (role -> SHA-256), so a run on changed files is another run.
         seed: seed of model init, adapter init, data order and dropout (the 90/10 split always uses seed 1).
         epochs: training epochs (fractions allowed); the most epochs when `patience` is set.
-        lr: peak learning rate of AdamW.
+        lr: peak learning rate of AdamW; None: the method's default (5e-4; VeRA 1e-2, FourierFT 5e-2).
+        head_lr: peak learning rate of the classification head; None: the method's default (VeRA 4e-3,
+            FourierFT 6e-3), else the same as `lr`.
         batch_size: global batch size (split across processes).
         max_length: token limit per example (pair).
         max_train_samples: keep the first N of the shuffled 90% train part.
         max_eval_samples: at most N validation examples and N per test part (quick runs).
-        r, alpha, dropout, target_modules: adapter settings (lora* and condlora*).
+        r, alpha, dropout, target_modules: adapter settings (lora* and condlora*; r and dropout: vera* too);
+            None: the method's default (r = 8, alpha = 8; lora-r1/lora-r2: alpha = r; vera: r = 256).
+        n_frequency, fourier_scaling: FourierFT's trainable frequencies per layer and ΔW scaling (default 1000,
+            150); None for every other method.
         cond_form: CondLoRA's form: auto (paper form on square layers), paper or general (see AdapterConfig).
         warmup_ratio: share of steps with linear warmup.
         weight_decay: AdamW weight decay.
@@ -76,13 +86,16 @@ class TrainConfig:
     data_sha256: dict[str, str] | None = None
     seed: int = 0
     epochs: float = 3
-    lr: float = 5e-4
+    lr: float | None = None
+    head_lr: float | None = None
     batch_size: int = 16
     max_length: int = 128
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
-    r: int = 8
-    alpha: float = 8.0
+    r: int | None = None
+    alpha: float | None = None
+    n_frequency: int | None = None
+    fourier_scaling: float | None = None
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
     cond_form: str = "auto"
@@ -104,6 +117,7 @@ class TrainConfig:
         self.task = configure_data(self)  # a GLUE task, or own data files (runner/files.py)
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
+        self._method_settings()
         if self.cond_form not in COND_FORMS:
             raise ConfigError(f"cond_form must be one of {', '.join(COND_FORMS)}; got {self.cond_form!r}")
         if self.precision is None:
@@ -114,15 +128,18 @@ class TrainConfig:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         if isinstance(self.target_modules, str):
             self.target_modules = [t.strip() for t in self.target_modules.split(",") if t.strip()]
-        for name in ("epochs", "lr", "alpha", "dropout", "warmup_ratio", "weight_decay"):
-            _check_number(name, getattr(self, name), float)
-        for name in ("batch_size", "max_length", "r", "max_train_samples", "max_eval_samples", "eval_every",
-                     "save_every", "seed", "patience"):
+        for name in ("epochs", "lr", "head_lr", "alpha", "fourier_scaling", "dropout", "warmup_ratio",
+                     "weight_decay"):
+            if getattr(self, name) is not None or name not in ("head_lr", "alpha", "fourier_scaling"):
+                _check_number(name, getattr(self, name), float)
+        for name in ("batch_size", "max_length", "r", "n_frequency", "max_train_samples", "max_eval_samples",
+                     "eval_every", "save_every", "seed", "patience"):
             value = getattr(self, name)
-            if value is not None or name in ("batch_size", "max_length", "r", "seed"):
+            if value is not None or name in ("batch_size", "max_length", "seed"):
                 _check_number(name, value, int)
-        for name in ("epochs", "lr", "alpha", "batch_size", "max_length", "r", "max_train_samples",
-                     "max_eval_samples", "eval_every", "save_every", "patience"):
+        for name in ("epochs", "lr", "head_lr", "alpha", "fourier_scaling", "batch_size", "max_length", "r",
+                     "n_frequency", "max_train_samples", "max_eval_samples", "eval_every", "save_every",
+                     "patience"):
             value = getattr(self, name)
             if value is not None and not (0 < value < math.inf):
                 raise ConfigError(f"{name} must be positive, got {value!r}")
@@ -132,6 +149,29 @@ class TrainConfig:
             raise ConfigError(f"warmup_ratio must be in [0, 1], got {self.warmup_ratio!r}")
         if not 0 <= self.weight_decay < math.inf:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+
+    def _method_settings(self) -> None:
+        """Fill r, alpha, n_frequency, fourier_scaling, lr and head_lr left None with the method's defaults;
+        refuse a size the method has not (alpha for VeRA) or that contradicts its row name (r=4 for lora-r1)."""
+        d = method_defaults(self.method)
+        for name in SIZES:
+            given = getattr(self, name)
+            if given is None:
+                continue
+            if not applies(name, self.method):
+                raise ConfigError(f"method {self.method} has no {name} (got {given!r})")
+            if name in d.fixed and given != getattr(d, name):
+                alpha = f" --alpha {given!r}" if name == "r" and "alpha" in d.fixed else ""  # scaling 1 again
+                raise ConfigError(f"method {self.method} is {d.kind} at {d.sizes()}; for {name}={given!r} use "
+                                  f"--method {d.kind} --{name.replace('_', '-')} {given!r}{alpha}")
+        for name in (*SIZES, "lr", "head_lr"):
+            if getattr(self, name) is None:
+                setattr(self, name, getattr(d, name))
+
+    @property
+    def effective_head_lr(self) -> float:
+        """The learning rate the classification head trains with."""
+        return self.lr if self.head_lr is None else self.head_lr
 
     def run_dict(self) -> dict:
         """The settings that define the run (flags like quiet/resume/overwrite left out)."""

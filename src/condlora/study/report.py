@@ -92,13 +92,14 @@ def study_plan(out_dir: str | Path) -> dict[str, Any]:
     s = rec.get("settings", {})
     pairs = [(t, m) for t in s.get("tasks", []) for m in s.get("methods", [])]
     planned = len(s["lr_grid"]) if s.get("lr_grid") else s.get("lr_search")
-    n_trials = {p: planned for p in pairs} if planned else {}
+    grids = s.get("lr_grids") or {}  # --lr-grid auto: each method its own grid
+    n_trials = {p: planned or len(grids[p[1]]) for p in pairs if planned or grids.get(p[1])}
     for p, e in union_plan(read_progress(out)).items():
         pairs += [] if p in pairs else [p]
         if e["n_trials"]:
             n_trials.setdefault(p, e["n_trials"])
     chosen = {(t, m): v for t, by_m in rec.get("lr", {}).items() for m, v in by_m.items() if "lr" in v}
-    return {"pairs": pairs, "n_trials": n_trials, "searched": bool(planned) if s else None,
+    return {"pairs": pairs, "n_trials": n_trials, "searched": bool(planned or grids) if s else None,
             "search_seed": s.get("search_seed", 0), "chosen": chosen}
 
 

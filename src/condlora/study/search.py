@@ -204,7 +204,11 @@ def search_grid(task: str, method: str, base_cfg: dict[str, Any], grid: Sequence
             continue
         step = next_lr(found["lr"], [*grid, *extra])
         if step is None or len(extra) >= max_extend or step in extra:
-            return {**found, "grid": sorted(set(grid)), "extended": extra}
+            if step is not None:
+                warnings.warn(f"{task}/{method}: the best LR, {found['lr']:g}, sits at the edge of the grid "
+                              f"{sorted({*grid, *extra})} after {len(extra)} extensions; it may lie further out: "
+                              "pass a wider --lr-grid", stacklevel=2)
+            return {**found, "grid": sorted(set(grid)), "extended": extra, "bracketed": step is None}
         extra.append(step)
 
 

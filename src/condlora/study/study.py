@@ -22,6 +22,7 @@ from typing import Any
 
 from ..errors import CondLoRAError, ConfigError
 from ..fileio import write_json
+from ..runner.method_defaults import method_defaults
 from .plots import plot_search, write_plots
 from .progress import Progress
 from .runs import (
@@ -59,8 +60,9 @@ PAPER_LR = {
 PRESETS = {"paper": {(t, m): lr for t, lrs in PAPER_LR.items()
                      for m, lr in zip(("lora", "condlora"), lrs, strict=True)}}
 PASS_THROUGH = ("model", "glue_dir", "epochs", "batch_size", "max_length", "max_train_samples",
-                "max_eval_samples", "r", "alpha", "target_modules", "cond_form", "head", "patience",
+                "max_eval_samples", "r", "alpha", "head_lr", "target_modules", "cond_form", "head", "patience",
                 "group_by_length", "trust_remote_code")
+AUTO_GRID = "auto"  # --lr-grid auto: every method its own default grid (runner.method_defaults)
 FIGURE1_METHOD = "lora"  # whose adapters Figure 1 analyses (study/figure1.py)
 SEEDS_HELP = ("a count N (seeds 0..N-1) or a list of seeds and ranges: 3,4,5 or 3-5 or 0-2,7 (one seed: 7-7); "
               "finished seeds are reused, so --seeds 5 after --seeds 3 trains seeds 3 and 4 only")
@@ -120,7 +122,8 @@ class StudySettings:
     seeds: int | str | list[int] = 3  # a count or a list (see SEEDS_HELP); a sorted list after validation
     lr_search: int | None = None  # TPE trials per task x method
     lr_range: tuple[float, float] = LR_RANGE  # TPE range (log-uniform)
-    lr_grid: list[float] | None = None  # search every LR of this list instead of TPE
+    lr_grid: list[float] | str | None = None  # search every LR of this list instead of TPE; "auto": lr_grids
+    lr_grids: dict[str, list[float]] | None = None  # per method: its own default grid (--lr-grid auto)
     lr_preset: str | None = None
     lr: float | None = None  # fixed LR; with a preset, the fallback where the preset has none
     storage: str | None = None  # Optuna RDB URL; default sqlite under output_dir/search
@@ -143,13 +146,15 @@ class StudySettings:
         self.seeds = parse_seeds(self.seeds)
         if self.lr_search is not None and self.lr_search < 1:
             raise ConfigError(f"--lr-search must be >= 1 trial, got {self.lr_search}")
+        if isinstance(self.lr_grid, str) and self.lr_grid.strip().lower() == AUTO_GRID:
+            self.lr_grid, self.lr_grids = None, {m: list(method_defaults(m).lr_grid) for m in self.methods}
         if self.lr_grid is not None:
             self.lr_grid = parse_lrs(self.lr_grid, "--lr-grid")
         self.lr_range = tuple(parse_lrs(self.lr_range, "--lr-range") if isinstance(self.lr_range, str)
                               else self.lr_range)
         if len(self.lr_range) != 2 or not 0 < self.lr_range[0] < self.lr_range[1]:
             raise ConfigError(f"--lr-range needs two learning rates LO,HI with LO < HI, got {self.lr_range}")
-        searches = [f for f, v in (("--lr-search", self.lr_search), ("--lr-grid", self.lr_grid),
+        searches = [f for f, v in (("--lr-search", self.lr_search), ("--lr-grid", self.lr_grid or self.lr_grids),
                                    ("--lr-preset", self.lr_preset), ("--lr", self.lr)) if v is not None]
         if self.searched and len(searches) > 1:
             raise ConfigError(f"{' and '.join(searches)} cannot be combined: choose one way to set the LR")
@@ -170,12 +175,18 @@ class StudySettings:
     @property
     def searched(self) -> bool:
         """Whether the LR of each task x method comes from a search (TPE or grid)."""
-        return bool(self.lr_search or self.lr_grid)
+        return bool(self.lr_search or self.lr_grid or self.lr_grids)
 
     @property
     def n_trials(self) -> int:
-        """Search trials per task x method."""
+        """Search trials per task x method (before any grid extension; the most over the methods)."""
+        if self.lr_grids:
+            return max(len(g) for g in self.lr_grids.values())
         return len(self.lr_grid) if self.lr_grid else (self.lr_search or 0)
+
+    def grid(self, method: str) -> list[float] | None:
+        """The LR grid `method` searches: --lr-grid's list, else its own default (--lr-grid auto), else None."""
+        return self.lr_grid or (self.lr_grids or {}).get(method)
 
 
 def _progress(total: int, desc: str, quiet: bool):
@@ -190,8 +201,8 @@ def choose_lr(task: str, method: str, s: StudySettings, base_cfg: dict[str, Any]
     if s.searched:
         storage = s.storage or f"sqlite:///{Path(s.output_dir).resolve() / 'search' / 'optuna.db'}"
         Path(s.output_dir, "search").mkdir(parents=True, exist_ok=True)
-        if s.lr_grid:  # the grid grows past an edge where the best LR sits
-            return search_grid(task, method, base_cfg, s.lr_grid, storage, s.output_dir, run_fn,
+        if s.grid(method):  # the grid grows past an edge where the best LR sits
+            return search_grid(task, method, base_cfg, s.grid(method), storage, s.output_dir, run_fn,
                                seed=s.search_seed, progress=progress)
         return search_lr(task, method, base_cfg, s.n_trials, storage, s.output_dir, run_fn,
                          seed=s.search_seed, progress=progress, lr_range=s.lr_range)
@@ -199,11 +210,7 @@ def choose_lr(task: str, method: str, s: StudySettings, base_cfg: dict[str, Any]
         return {"lr": PRESETS[s.lr_preset][(task, method)], "source": f"preset {s.lr_preset}"}
     if s.lr is not None:
         return {"lr": s.lr, "source": "--lr"}
-    try:
-        from ..runner.train import TrainConfig
-    except ImportError as e:
-        raise CondLoRAError(f"condlora.runner.train is not available ({e}); pass --lr") from None
-    return {"lr": TrainConfig.lr, "source": "default (TrainConfig.lr)"}
+    return {"lr": method_defaults(method).lr, "source": "default (the method's own)"}
 
 
 def _versions() -> dict[str, str]:
@@ -356,8 +363,9 @@ def _train(s: StudySettings, record: dict[str, Any], pairs: list[tuple[str, str]
             record["lr"].setdefault(t, {})[m] = choose_lr(t, m, s, base, run_fn, bar)
             save_record(out, record)
     if s.searched:
-        lo, hi = (s.lr_grid[0], s.lr_grid[-1]) if s.lr_grid else s.lr_range
-        plot_search(record["lr"], out / "search.png", (lo / 1.5, hi * 1.5), ticks=s.lr_grid)
+        ticks = sorted({lr for m in s.methods for lr in s.grid(m) or ()}) or None
+        lo, hi = (ticks[0], ticks[-1]) if ticks else s.lr_range
+        plot_search(record["lr"], out / "search.png", (lo / 1.5, hi * 1.5), ticks=ticks)
     if s.search_only:
         return
     with _progress(len(pairs) * len(s.seeds), "runs", s.quiet) as bar:

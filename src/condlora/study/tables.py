@@ -30,7 +30,9 @@ METHOD_LABELS = {"lora": "LoRA", "condlora": "CondLoRA", "condlora-general": "Co
                  "lora-frozen-a": "LoRA B-only (A frozen)", "lora-frozen-b": "LoRA A-only (B frozen)",
                  "condlora-frozen-a": "CondLoRA Θ_B-only (Θ_A frozen)",
                  "condlora-frozen-b": "CondLoRA Θ_A-only (Θ_B frozen)",
-                 "full": "Full fine-tuning", "head": "Head only"}
+                 "full": "Full fine-tuning", "head": "Head only",
+                 "lora-r1": "LoRA r=1", "lora-r2": "LoRA r=2", "vera": "VeRA r=256", "vera-r1024": "VeRA r=1024",
+                 "fourierft": "FourierFT n=1000"}
 
 # Published numbers (Kim et al., LREC-COLING 2024, Tables 2 and 4: roberta-base, GLUE dev).
 # Only the 8-task averages, the trainable-parameter counts and the training speeds are given there; the
