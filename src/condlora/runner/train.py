@@ -32,7 +32,7 @@ from .distributed import check_distributed
 from .files import load_files, task_record
 from .methods import parameter_counts, save_best, setup_method, trainable_state
 from .metrics import compute_metrics
-from .models import head_module_names, load_classifier, load_tokenizer, quiet_loading
+from .models import head_module_names, load_classifier, load_tokenizer, model_targets, quiet_loading
 from .rundir import check_output_dir, clear_run_files, versions
 from .train_config import TrainConfig
 
@@ -120,7 +120,8 @@ class Run:
             model.config.pad_token_id = tokenizer.pad_token_id
         self.heads = head_module_names(model, cfg.head)
         base_params = sum(p.numel() for p in model.parameters())
-        model = setup_method(model, cfg.method, cfg.r, cfg.alpha, cfg.dropout, cfg.target_modules, cfg.seed,
+        targets = model_targets(model, cfg.target_modules)  # MPNet: query,value -> q,v
+        model = setup_method(model, cfg.method, cfg.r, cfg.alpha, cfg.dropout, targets, cfg.seed,
                              cfg.cond_form, cfg.head)
         self.counts = {**parameter_counts(model, self.heads), "base": base_params}
         return tokenizer, model
@@ -317,6 +318,13 @@ class Run:
         }
 
 
+def counts_line(cfg: TrainConfig, counts: dict[str, int]) -> str:
+    """'<task> <method>: 24,576 trainable adapter parameters + 592,130 head (base model 109,488,002)'."""
+    what = "trainable body" if cfg.method == "full" else "trainable adapter"
+    return (f"{cfg.task} {cfg.method}: {counts['trainable']:,} {what} parameters + {counts['head']:,} head "
+            f"(base model {counts['base']:,})")
+
+
 def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dict:
     """Run one fine-tuning; returns the results dict (also written atomically to output_dir/results.json).
 
@@ -342,6 +350,8 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
         write_json(out / "config.json", {"run": cfg.run_dict(), "versions": versions(),
                                          "num_processes": accelerator.num_processes,
                                          "device": str(accelerator.device), "params": run.counts})
+    if not cfg.quiet and accelerator.is_main_process:
+        print(counts_line(cfg, run.counts))
     if cfg.resume:
         run.resume()
     run.loop(on_step)
