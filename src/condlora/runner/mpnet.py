@@ -61,10 +61,10 @@ def part_files() -> list[Path]:
     return paths
 
 
-def is_complete(folder: Path, sha256: str = ZIP_SHA256) -> bool:
-    """Whether `folder` is a finished unpacking of the zip with this SHA-256."""
+def is_complete(folder: Path, sha256: str | None = None) -> bool:
+    """Whether `folder` is a finished unpacking of the zip with this SHA-256 (default: the real zip's)."""
     marker = folder / MARKER
-    return marker.is_file() and marker.read_text(encoding="utf-8").strip() == sha256
+    return marker.is_file() and marker.read_text(encoding="utf-8").strip() == (sha256 or ZIP_SHA256)
 
 
 def model_dir() -> Path:
