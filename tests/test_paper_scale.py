@@ -9,12 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from condlora.runner.train_config import native_bf16_cpu
+
 ROOT = Path(__file__).resolve().parents[1]
+NATIVE_BF16 = native_bf16_cpu()
 FAKE = """#!/usr/bin/env bash
 echo "$(basename "$0") $*" >> "$CALLS"
 """
 PROTOCOL = ("study --model mpnet --head dense --epochs 8 --patience 2 --group-by-length --max-length 128 "
-            "--batch-size 16 --max-train-samples 8000 --max-eval-samples 2000")
+            "--batch-size 16 --max-train-samples 8000 --max-eval-samples 2000 --precision fp32")
 PARTS = {
     "a": ["--tasks stsb --methods condlora-general --lr-grid 1e-3,2e-3 --seeds 3 --quiet",
           "--tasks stsb --methods lora --lr-grid 5e-4,1e-3 --seeds 3 --quiet"],
@@ -79,3 +82,13 @@ def test_other_grids_and_an_unknown_part(tmp_path):
     done = run_script(typo, PART="e")
     assert done.returncode == 2 and "PART must be a, b, c, d or all; got 'e'" in done.stderr
     assert not (typo / "calls").exists()  # refused before installing anything
+    done = run_script(typo, PRECISION="fp16")
+    assert done.returncode == 2 and "PRECISION must be fp32 or bf16; got 'fp16'" in done.stderr
+
+
+@pytest.mark.skipif(not NATIVE_BF16, reason="this CPU has no native bf16")
+def test_bf16_goes_to_every_row_and_its_own_folder(tmp_path):
+    done = run_script(tmp_path, PART="d", PRECISION="bf16", OUT="")  # part d alone writes nothing to OUT
+    assert done.returncode == 0, done.stderr
+    (call,) = [c for c in (tmp_path / "calls").read_text().splitlines() if c.startswith("condlora study --model")]
+    assert "--precision bf16 " in call and "--output-dir runs/paper-scale-bf16 " in call

@@ -34,7 +34,7 @@ from .methods import parameter_counts, save_best, setup_method, trainable_state
 from .metrics import compute_metrics
 from .models import head_module_names, load_classifier, load_tokenizer, model_targets, quiet_loading
 from .rundir import check_output_dir, clear_run_files, versions
-from .train_config import TrainConfig
+from .train_config import TrainConfig, native_bf16_cpu
 
 EARLY_STOP_STATE = {"bad_evals": 0, "stopped_early": False}
 
@@ -58,8 +58,10 @@ def _accelerator(cfg: TrainConfig):
     _require_extras()
     from accelerate import Accelerator
 
-    if cfg.precision != "fp32" and not torch.cuda.is_available():
-        raise ConfigError(f"precision {cfg.precision} (autocast) needs a CUDA GPU; use fp32 on CPU")
+    cpu_ok = cfg.precision == "fp32" or (cfg.precision == "bf16" and native_bf16_cpu())
+    if not cpu_ok and not torch.cuda.is_available():
+        cpu = " or a CPU with native bf16 (avx512_bf16 or AMX)" if cfg.precision == "bf16" else ""
+        raise ConfigError(f"precision {cfg.precision} (autocast) needs a CUDA GPU{cpu}; use fp32 on this CPU")
     from accelerate.state import AcceleratorState
 
     check_distributed()
