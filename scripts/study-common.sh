@@ -27,17 +27,35 @@ study() {
 # finishes its tasks one after the other, so each task's runs finish together, and its plan is the whole
 # part, for the progress line every 30 s until both are done).
 run_part() {
-  local methods=$1 seeds=$2 pids=() w
-  mkdir -p "$OUT"
+  local methods=$1 seeds=$2 jobs=() w
   for w in "${!WORKER_TASKS[@]}"; do
     [ "${WORKERS:-2}" -ge 2 ] || [ "$w" -eq 0 ] || break
     local tasks=${WORKER_TASKS[$w]}
     [ "${WORKERS:-2}" -ge 2 ] || tasks=$ALL_TASKS
-    OMP_NUM_THREADS=${THREADS:-1} study --tasks "$tasks" --methods "$methods" --seeds "$seeds" --quiet \
-      >>"$OUT/worker-$w.log" 2>&1 &
-    pids+=($!)
+    jobs+=("--tasks $tasks --methods $methods")
   done
-  echo "training $methods, seeds 0-$((seeds - 1)) (logs: $OUT/worker-*.log)"
+  run_jobs "$methods" "$seeds" "${jobs[@]}"
+}
+
+# run_jobs LABEL SEEDS JOB...: one worker per JOB (the study arguments it adds, e.g. "--tasks mrpc --methods
+# lora"), all at once with THREADS threads each (one after the other with WORKERS=1), worker k logging to
+# $OUT/worker-k.log; a progress line and $OUT/partial.md every 30 s until all are done.
+run_jobs() {
+  local label=$1 seeds=$2 pids=() w job
+  shift 2
+  if [ "${WORKERS:-2}" -lt 2 ] && [ $# -gt 1 ]; then
+    for job in "$@"; do run_jobs "$label" "$seeds" "$job"; done
+    return
+  fi
+  mkdir -p "$OUT"
+  w=0
+  for job in "$@"; do
+    # shellcheck disable=SC2086  # JOB is a list of arguments
+    OMP_NUM_THREADS=${THREADS:-1} study $job --seeds "$seeds" --quiet >>"$OUT/worker-$w.log" 2>&1 &
+    pids+=($!)
+    w=$((w + 1))
+  done
+  echo "training $label, seeds 0-$((seeds - 1)) (logs: $OUT/worker-*.log)"
   # every 30 s: a progress line here, and $OUT/partial.md with every training finished so far
   OMP_NUM_THREADS=1 condlora study --status --watch 30 --report "$OUT/partial.md" --output-dir "$OUT" &
   local watcher=$! start=$SECONDS
@@ -48,7 +66,7 @@ run_part() {
   kill "$watcher" 2>/dev/null || true
   wait "$watcher" 2>/dev/null || true
   condlora study --status --report "$OUT/partial.md" --output-dir "$OUT"
-  echo "$methods, seeds 0-$((seeds - 1)): $(( (SECONDS - start) / 60 )) min"
+  echo "$label, seeds 0-$((seeds - 1)): $(( (SECONDS - start) / 60 )) min"
   [ "$failed" -eq 0 ] || exit 1
 }
 

@@ -227,7 +227,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny, tmp_path, monkeypat
     assert not (tmp_path / "results.json").exists()
 
 
-def test_cli_help_and_one_line_errors(tiny, tmp_path, capsys):
+def test_cli_help_and_one_line_errors(tiny, tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as e:
         cli_main(["train", "-h"])
     assert e.value.code == 0
@@ -249,6 +249,7 @@ def test_cli_help_and_one_line_errors(tiny, tmp_path, capsys):
                             "--max-train-samples", "8"]) == 2
     assert "nope" in capsys.readouterr().err
     if not torch.cuda.is_available():
+        monkeypatch.setattr("condlora.runner.train.native_bf16_cpu", lambda: False)  # bf16 runs on a CPU with it
         assert cli_main(args + ["--task", "rte", "--glue-dir", tiny["glue"], "--precision", "bf16"]) == 2
         assert "needs a CUDA GPU" in capsys.readouterr().err
 

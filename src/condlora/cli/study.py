@@ -94,6 +94,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="classification head, dense or linear (see condlora train --head)")
     g.add_argument("--patience", type=int, help="early stopping patience (see condlora train --patience)")
     g.add_argument("--group-by-length", action="store_true", help="see condlora train --group-by-length")
+    g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="see condlora train --precision")
     g.add_argument("--trust-remote-code", action="store_true", help="let transformers run the model's own code")
     owndata.add_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")

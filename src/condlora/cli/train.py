@@ -92,8 +92,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="steps between extra checkpoints (default: at each evaluation)")
     p.add_argument("--pad-to-max-length", action="store_true", help="pad to --max-length (the paper's setting)")
     p.add_argument("--precision", default=None, choices=("fp32", "bf16", "fp16"),
-                   help="fp32, or bf16/fp16 autocast on GPU (default: what `accelerate launch --mixed_precision` "
-                        "or `accelerate config` set, else fp32)")
+                   help="fp32, or bf16/fp16 autocast on GPU; bf16 also on a CPU with native bf16 (default: what "
+                        "`accelerate launch --mixed_precision` or `accelerate config` set, else fp32)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a different run in OUTPUT_DIR")

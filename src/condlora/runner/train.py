@@ -32,9 +32,9 @@ from .distributed import check_distributed
 from .files import load_files, task_record
 from .methods import is_head_param, parameter_counts, save_best, setup_method, trainable_state
 from .metrics import compute_metrics
-from .models import head_module_names, load_classifier, load_tokenizer, quiet_loading
+from .models import head_module_names, load_classifier, load_tokenizer, model_targets, quiet_loading
 from .rundir import check_output_dir, clear_run_files, versions
-from .train_config import TrainConfig
+from .train_config import TrainConfig, native_bf16_cpu
 
 EARLY_STOP_STATE = {"bad_evals": 0, "stopped_early": False}
 
@@ -58,8 +58,10 @@ def _accelerator(cfg: TrainConfig):
     _require_extras()
     from accelerate import Accelerator
 
-    if cfg.precision != "fp32" and not torch.cuda.is_available():
-        raise ConfigError(f"precision {cfg.precision} (autocast) needs a CUDA GPU; use fp32 on CPU")
+    cpu_ok = cfg.precision == "fp32" or (cfg.precision == "bf16" and native_bf16_cpu())
+    if not cpu_ok and not torch.cuda.is_available():
+        cpu = " or a CPU with native bf16 (avx512_bf16 or AMX)" if cfg.precision == "bf16" else ""
+        raise ConfigError(f"precision {cfg.precision} (autocast) needs a CUDA GPU{cpu}; use fp32 on this CPU")
     from accelerate.state import AcceleratorState
 
     check_distributed()
@@ -130,7 +132,8 @@ class Run:
             model.config.pad_token_id = tokenizer.pad_token_id
         self.heads = head_module_names(model, cfg.head)
         base_params = sum(p.numel() for p in model.parameters())
-        model = setup_method(model, cfg.method, cfg.r, cfg.alpha, cfg.dropout, cfg.target_modules, cfg.seed,
+        targets = model_targets(model, cfg.target_modules)  # MPNet: query,value -> q,v
+        model = setup_method(model, cfg.method, cfg.r, cfg.alpha, cfg.dropout, targets, cfg.seed,
                              cfg.cond_form, cfg.head, cfg.n_frequency, cfg.fourier_scaling)
         self.counts = {**parameter_counts(model, self.heads), "base": base_params}
         return tokenizer, model
@@ -328,6 +331,13 @@ class Run:
         }
 
 
+def counts_line(cfg: TrainConfig, counts: dict[str, int]) -> str:
+    """'<task> <method>: 24,576 trainable adapter parameters + 592,130 head (base model 109,488,002)'."""
+    what = "trainable body" if cfg.method == "full" else "trainable adapter"
+    return (f"{cfg.task} {cfg.method}: {counts['trainable']:,} {what} parameters + {counts['head']:,} head "
+            f"(base model {counts['base']:,})")
+
+
 def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dict:
     """Run one fine-tuning; returns the results dict (also written atomically to output_dir/results.json).
 
@@ -356,6 +366,8 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
         write_json(out / "config.json", {"run": cfg.run_dict(), "versions": versions(),
                                          "num_processes": accelerator.num_processes,
                                          "device": str(accelerator.device), "params": run.counts})
+    if not cfg.quiet and accelerator.is_main_process:
+        print(counts_line(cfg, run.counts))
     if cfg.resume:
         run.resume()
     run.loop(on_step)

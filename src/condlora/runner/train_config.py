@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import re
 from dataclasses import dataclass, field
 
 from ..config import COND_FORMS
@@ -64,8 +65,9 @@ class TrainConfig:
         group_by_length: batches of similar lengths (shuffled mega-batches of 50 batches sorted by length).
         save_every: steps between extra checkpoints; None = at each evaluation only.
         pad_to_max_length: pad every batch to max_length (the paper's setting) instead of dynamic padding.
-        precision: fp32, or bf16 / fp16 autocast (GPU only); None takes accelerate's own setting
-            (`accelerate launch --mixed_precision`, `accelerate config`), fp32 when it has none.
+        precision: fp32, or bf16 / fp16 autocast (GPU; bf16 also on a CPU with native bf16, see
+            `native_bf16_cpu`); None takes accelerate's own setting (`accelerate launch --mixed_precision`,
+            `accelerate config`), fp32 when it has none.
         quiet: no progress bar or summary.
         resume: continue from output_dir/checkpoint.
         overwrite: replace a different run in output_dir.
@@ -185,6 +187,15 @@ def accelerate_precision() -> str:
 
     value = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
     return "fp32" if value in ("", "no") else value
+
+
+def native_bf16_cpu() -> bool:
+    """Whether this CPU multiplies bf16 natively (the avx512_bf16 or amx_bf16 flag; read on Linux only)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return any(re.search(r"\b(avx512_bf16|amx_bf16)\b", line) for line in f if line.startswith("flags"))
+    except OSError:
+        return False
 
 
 def _check_number(name: str, value: object, kind: type) -> None:

