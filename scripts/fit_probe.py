@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from condlora.layers import ABGenerator, CondLoRALinear, generate_ab, set_fast_path
-from condlora.runner.data import Encoded, load_glue, subsample
+from condlora.runner.glue import Encoded, load_glue, subsample
 from condlora.runner.methods import setup_method
 from condlora.runner.metrics import compute_metrics
 from condlora.runner.models import load_classifier, load_tokenizer

@@ -167,7 +167,7 @@ def tiny(tmp_path_factory):
 def test_condlora_train_runs_saves_and_records_the_row(tiny, tmp_path, capsys, method):
     from peft import PeftModel
 
-    from condlora.runner.data import Encoded, load_glue
+    from condlora.runner.glue import Encoded, load_glue
     from condlora.runner.models import load_classifier, load_tokenizer
 
     args = ["train", "--task", "rte", "--method", method, "--model", tiny["model"], "--glue-dir", tiny["glue"],

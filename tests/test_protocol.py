@@ -16,7 +16,7 @@ from condlora.errors import ConfigError
 from condlora.inject import get_config
 from condlora.layers import draw_matrix, module_seed
 from condlora.runner.batching import epoch_order
-from condlora.runner.methods import METHODS, setup_method
+from condlora.runner.methods import RUN_METHODS, setup_method
 from condlora.runner.models import head_module_names, head_save_names
 from condlora.runner.train import TrainConfig, train
 from conftest import Killed, kill_at, logits, tiny_bert, tiny_distilbert, tiny_roberta
@@ -105,7 +105,7 @@ def test_roberta_linear_head_trains_out_proj_only_and_saves_the_frozen_dense(tmp
 # ---- the new methods ----------------------------------------------------------------------------------------
 
 def test_methods_tuple():
-    assert METHODS == ("lora", "condlora", "lora-frozen-a", "condlora-frozen-a", "lora-frozen-b",
+    assert RUN_METHODS == ("lora", "condlora", "lora-frozen-a", "condlora-frozen-a", "lora-frozen-b",
                        "condlora-frozen-b", "condlora-general", "full", "head", "lora-r1", "lora-r2", "vera",
                        "vera-r1024", "fourierft")
 

@@ -105,7 +105,7 @@ def test_exact_trainable_set(method):
 @pytest.mark.parametrize("method", ["condlora", "lora"])
 def test_saved_best_adapter_reproduces_the_test_score(tiny, tmp_path, method):
     from condlora import load_adapter
-    from condlora.runner.data import Encoded, load_glue
+    from condlora.runner.glue import Encoded, load_glue
     from condlora.runner.models import load_classifier, load_tokenizer
 
     res = train(config(tiny, tmp_path, method=method, epochs=3, eval_every=2, lr=3e-2))

@@ -35,7 +35,7 @@ from ..serialization import export_peft_lora, save_adapter, write_safetensors
 from .method_defaults import ROWS, method_defaults
 from .models import head_module_names, head_save_names
 
-METHODS = ("lora", "condlora", "lora-frozen-a", "condlora-frozen-a", "lora-frozen-b", "condlora-frozen-b",
+RUN_METHODS = ("lora", "condlora", "lora-frozen-a", "condlora-frozen-a", "lora-frozen-b", "condlora-frozen-b",
            "condlora-general", "full", "head", *ROWS)
 LORA_FROZEN = {"lora": None, "lora-frozen-a": "A", "lora-frozen-b": "B", "lora-r1": None, "lora-r2": None}
 PEFT_NAMES = {"LORA": "LoRA", "VERA": "VeRA", "FOURIERFT": "FourierFT"}
@@ -76,7 +76,7 @@ def setup_method(model: nn.Module, method: str, r: int | None, alpha: float | No
         freeze_all_but_head(model, head)
         return model
     else:
-        raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+        raise ConfigError(f"method must be one of {', '.join(RUN_METHODS)}; got {method!r}")
     _train_only_head(model, heads, saved)
     return model
 

@@ -27,12 +27,12 @@ from ..errors import CondLoRAError, ConfigError
 from ..fileio import append_jsonl, read_jsonl, write_json, write_text
 from .batching import epoch_order
 from .checkpoint import CHECKPOINT_DIR, load_checkpoint, load_trainable, save_checkpoint
-from .data import Encoded, GlueData, load_glue, subsample
 from .distributed import check_distributed
-from .files import load_files, task_record
+from .glue import Encoded, TaskData, load_glue, subsample
 from .methods import is_head_param, parameter_counts, save_best, setup_method, trainable_state
 from .metrics import compute_metrics
 from .models import head_module_names, load_classifier, load_tokenizer, model_targets, quiet_loading
+from .owndata import load_files, task_record
 from .rundir import check_output_dir, clear_run_files, versions
 from .train_config import TrainConfig, native_bf16_cpu
 
@@ -138,7 +138,7 @@ class Run:
         self.counts = {**parameter_counts(model, self.heads), "base": base_params}
         return tokenizer, model
 
-    def _encode(self, tokenizer, data: GlueData) -> None:
+    def _encode(self, tokenizer, data: TaskData) -> None:
         cfg = self.cfg
         train = data.train if cfg.max_train_samples is None else data.train.select(
             range(min(cfg.max_train_samples, len(data.train))))

@@ -44,7 +44,7 @@ __all__ = ["PAPER_LR", "StudySettings", "paired_ttest", "parse_seeds", "run_once
            "search_lr", "tables_only", "write_tables"]
 
 TASKS = tuple(TASK_LABELS)
-METHODS = tuple(METHOD_LABELS)
+STUDY_METHODS = tuple(METHOD_LABELS)
 # Learning rates hard-coded by the authors, per task: (LoRA, CondLoRA). Source: github.com/CyberAgentAILab/
 # CondLoRA, experiments/<task>/train.sh (commit 07589eb), `LR=` for lora_type lora / conditional_lora.
 PAPER_LR = {
@@ -136,13 +136,13 @@ class StudySettings:
     run_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.run_args.get("train_file"):  # own data files: one task (runner/files.py)
-            from ..runner.files import study_task
+        if self.run_args.get("train_file"):  # own data files: one task (runner/owndata.py)
+            from ..runner.train_config import study_task
 
             self.tasks = study_task(self.tasks, self.run_args)
         else:
             self.tasks = parse_names(self.tasks, TASKS, "task")
-        self.methods = parse_names(self.methods, METHODS, "method")
+        self.methods = parse_names(self.methods, STUDY_METHODS, "method")
         self.seeds = parse_seeds(self.seeds)
         if self.lr_search is not None and self.lr_search < 1:
             raise ConfigError(f"--lr-search must be >= 1 trial, got {self.lr_search}")
