@@ -36,7 +36,7 @@ from .runs import (
     same_run,
     train_run,
 )
-from .search import LR_RANGE, NOT_IDENTITY, parse_lrs, search_grid, search_lr
+from .search import LR_RANGE, NOT_IDENTITY, SearchSetup, parse_lrs, search_grid, search_lr
 from .stats import Gate, gate, mean_ci, trivial_baseline
 from .tables import METHOD_LABELS, TASK_LABELS, paired_ttest, settings_line, table_score, write_tables
 
@@ -201,11 +201,10 @@ def choose_lr(task: str, method: str, s: StudySettings, base_cfg: dict[str, Any]
     if s.searched:
         storage = s.storage or f"sqlite:///{Path(s.output_dir).resolve() / 'search' / 'optuna.db'}"
         Path(s.output_dir, "search").mkdir(parents=True, exist_ok=True)
+        setup = SearchSetup(storage, s.output_dir, run_fn, seed=s.search_seed, progress=progress)
         if s.grid(method):  # the grid grows past an edge where the best LR sits
-            return search_grid(task, method, base_cfg, s.grid(method), storage, s.output_dir, run_fn,
-                               seed=s.search_seed, progress=progress)
-        return search_lr(task, method, base_cfg, s.n_trials, storage, s.output_dir, run_fn,
-                         seed=s.search_seed, progress=progress, lr_range=s.lr_range)
+            return search_grid(task, method, base_cfg, s.grid(method), setup)
+        return search_lr(task, method, base_cfg, s.n_trials, setup, lr_range=s.lr_range)
     if s.lr_preset and (task, method) in PRESETS[s.lr_preset]:
         return {"lr": PRESETS[s.lr_preset][(task, method)], "source": f"preset {s.lr_preset}"}
     if s.lr is not None:
