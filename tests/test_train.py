@@ -86,10 +86,10 @@ EXPECTED_TRAINABLE["condlora-general"] = EXPECTED_TRAINABLE["condlora"]
 
 @pytest.mark.parametrize("method", ALL_METHODS)
 def test_exact_trainable_set(method):
-    from condlora.runner.methods import setup_method
+    from condlora.runner.methods import MethodSetup, setup_method
     from conftest import tiny_bert
 
-    model = setup_method(tiny_bert(), method, 8, 8.0, 0.0, ["query", "value"], 0)
+    model = setup_method(tiny_bert(), MethodSetup(method, 8, 8.0, 0.0, ["query", "value"], 0))
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     if method == "full":
         assert names == {n for n, _ in model.named_parameters()}

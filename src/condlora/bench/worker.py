@@ -42,11 +42,14 @@ def apply_method(model: nn.Module, method: str, r: int, alpha: float, targets: l
     row = method.removeprefix("infer-merged-")
     if row in PEFT_ROWS:
         return _peft_row(model, row, targets, merged=method != row)
-    if method == "lora":  # the real peft library
+    if method == "lora":  # the real peft library: its plain LoRA model, the head trained in place (no copy)
         require("peft", "bench method 'lora'", "peft")
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig
 
-        model = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets))
+        from ..runner.peft_methods import peft_model
+
+        model = peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets),
+                           targets)
         for name, p in model.named_parameters():
             if any(f".{h}." in f".{name}" for h in heads):
                 p.requires_grad_(True)
@@ -66,12 +69,9 @@ def apply_method(model: nn.Module, method: str, r: int, alpha: float, targets: l
 
 def _peft_row(model: nn.Module, method: str, targets: list[str], merged: bool) -> nn.Module:
     """A PEFT row at its own sizes with the linear head; `merged`: a trained-looking adapter merged into W."""
-    from ..runner.method_defaults import method_defaults
-    from ..runner.methods import setup_method
+    from ..runner.methods import MethodSetup, setup_method
 
-    d = method_defaults(method)
-    model = setup_method(model, method, d.r, d.alpha, 0.0, targets, 0, "auto", "linear", d.n_frequency,
-                         d.fourier_scaling)
+    model = setup_method(model, MethodSetup.row(method, targets, head="linear"))
     if not merged:
         return model
     with torch.no_grad():  # non-zero vectors / spectrum so the merge is real work

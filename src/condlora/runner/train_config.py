@@ -12,7 +12,7 @@ from typing import Any
 from ..config import COND_FORMS
 from ..errors import ConfigError
 from .method_defaults import applies, method_defaults
-from .methods import RUN_METHODS
+from .methods import RUN_METHODS, MethodSetup
 from .models import HEADS
 from .owndata import DATA_FIELDS, configure_data
 
@@ -175,6 +175,11 @@ class TrainConfig:
     def effective_head_lr(self) -> float:
         """The learning rate the classification head trains with."""
         return self.lr if self.head_lr is None else self.head_lr
+
+    def method_setup(self, target_modules: list[str] | None = None) -> MethodSetup:
+        """What `setup_method` needs of this run (`target_modules`: the model's names for them, if other)."""
+        return MethodSetup(self.method, self.r, self.alpha, self.dropout, list(target_modules or self.target_modules),
+                           self.seed, self.cond_form, self.head, self.n_frequency, self.fourier_scaling)
 
     def run_dict(self) -> dict:
         """The settings that define the run (flags like quiet/resume/overwrite left out)."""
