@@ -9,7 +9,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-ADAPTER_METHODS = ("lora", "condlora")
+ADAPTER_METHODS = ("lora", "condlora")  # the adapters of AdapterConfig.method
 COND_FORMS = ("auto", "paper", "general")
 INIT_A = ("orthogonal", "gaussian", "kaiming")
 INIT_B = INIT_A

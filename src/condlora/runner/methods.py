@@ -33,6 +33,7 @@ from .method_defaults import ROWS, MethodSetup
 from .models import head_module_names, head_save_names
 from .peft_methods import PEFT_METHODS, add_peft
 
+# every --method of `condlora train`
 RUN_METHODS = ("lora", "condlora", "lora-frozen-a", "condlora-frozen-a", "lora-frozen-b", "condlora-frozen-b",
                "condlora-general", "full", "head", *ROWS)
 CONDLORA_SIDES = {"condlora": (True, True), "condlora-frozen-a": (False, True), "condlora-frozen-b": (True, False),

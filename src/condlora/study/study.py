@@ -44,7 +44,7 @@ __all__ = ["PAPER_LR", "StudySettings", "paired_ttest", "parse_seeds", "run_once
            "search_lr", "tables_only", "write_tables"]
 
 TASKS = tuple(TASK_LABELS)
-STUDY_METHODS = tuple(METHOD_LABELS)
+STUDY_METHODS = tuple(METHOD_LABELS)  # the methods a study can compare: each has its table label
 # Learning rates hard-coded by the authors, per task: (LoRA, CondLoRA). Source: github.com/CyberAgentAILab/
 # CondLoRA, experiments/<task>/train.sh (commit 07589eb), `LR=` for lora_type lora / conditional_lora.
 PAPER_LR = {
