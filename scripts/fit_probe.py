@@ -37,8 +37,8 @@ import numpy as np
 import torch
 
 from condlora.layers import ABGenerator, CondLoRALinear, generate_ab, set_fast_path
-from condlora.runner.data import Encoded, load_glue, subsample
-from condlora.runner.methods import setup_method
+from condlora.runner.glue import Encoded, load_glue, subsample
+from condlora.runner.methods import MethodSetup, setup_method
 from condlora.runner.metrics import compute_metrics
 from condlora.runner.models import load_classifier, load_tokenizer
 from condlora.runner.train import _linear_schedule
@@ -99,7 +99,7 @@ def build(variant: str, model_name: str, num_labels: int, seed: int) -> torch.nn
     method = "lora" if variant == "lora" else "condlora"
     form = "general" if variant == "condlora-general" else "auto"
     # the classifier-only head the recorded probe ran with (docs/results.md)
-    model = setup_method(model, method, r, float(r), 0.0, ["query", "value"], seed, form, head="linear")
+    model = setup_method(model, MethodSetup(method, r, float(r), 0.0, ["query", "value"], seed, form, head="linear"))
     if method == "lora":
         return model
     scale = re.fullmatch(r"condlora-ascale([0-9.]+)", variant)

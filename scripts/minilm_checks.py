@@ -3,7 +3,7 @@ import torch
 from scipy.stats import pearsonr
 from transformers import AutoModel, AutoTokenizer
 
-from condlora.runner.data import load_glue
+from condlora.runner.glue import load_glue
 from condlora.runner.models import resolve_model_path
 
 path = resolve_model_path("minilm")

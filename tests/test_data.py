@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from condlora.errors import CondLoRAError
-from condlora.runner.data import (
+from condlora.runner.glue import (
     TASKS,
     Encoded,
     Examples,

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from condlora.cli import main as cli_main
 from condlora.errors import ConfigError
 from condlora.runner.method_defaults import ROWS, method_defaults
-from condlora.runner.methods import setup_method
+from condlora.runner.methods import MethodSetup, setup_method
 from condlora.runner.models import head_module_names
 from condlora.runner.train import TrainConfig, param_groups, train
 from condlora.study.study import StudySettings, run_study
@@ -31,9 +31,8 @@ OWN = {"lora": ("lora_A", "lora_B"), "vera": ("vera_lambda_b", "vera_lambda_d"),
 
 def build(method: str, model=None, n_frequency: int | None = None):
     """`setup_method` with the row's own sizes (FourierFT: `n_frequency` where given) and the dense head."""
-    d = method_defaults(method)
-    return setup_method(model or tiny_bert(), method, d.r, d.alpha, 0.0, TARGETS, 0, "auto", "dense",
-                        n_frequency or d.n_frequency, d.fourier_scaling)
+    extra = {"n_frequency": n_frequency} if n_frequency else {}
+    return setup_method(model or tiny_bert(), MethodSetup.row(method, TARGETS, **extra))
 
 
 def adapter_count(model) -> int:
@@ -167,7 +166,7 @@ def tiny(tmp_path_factory):
 def test_condlora_train_runs_saves_and_records_the_row(tiny, tmp_path, capsys, method):
     from peft import PeftModel
 
-    from condlora.runner.data import Encoded, load_glue
+    from condlora.runner.glue import Encoded, load_glue
     from condlora.runner.models import load_classifier, load_tokenizer
 
     args = ["train", "--task", "rte", "--method", method, "--model", tiny["model"], "--glue-dir", tiny["glue"],

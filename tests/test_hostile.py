@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from condlora import AdapterConfig, apply_adapter, save_adapter
 from condlora.cli import main as cli_main
 from condlora.errors import CondLoRAError, ConfigError
-from condlora.runner.data import TASKS, read_tsv
+from condlora.runner.glue import TASKS, read_tsv
 from condlora.runner.train import TrainConfig
 from glue_fixtures import make_tiny_model_dir, write_glue, write_tsv
 

@@ -17,7 +17,7 @@ import torch
 from condlora.cli import main as cli_main
 from condlora.errors import CondLoRAError
 from condlora.runner import models, mpnet
-from condlora.runner.methods import parameter_counts, setup_method
+from condlora.runner.methods import MethodSetup, parameter_counts, setup_method
 from conftest import tiny_bert
 from glue_fixtures import make_tokenizer, write_glue
 
@@ -150,7 +150,7 @@ def test_paper_scale_counts_on_mpnet_shape(method):
     assert sum(p.numel() for p in model.parameters()) == MPNET_BASE
     targets = models.model_targets(model, ["query", "value"])
     assert targets == ["q", "v"] and models.head_module_names(model, "dense") == ["classifier"]
-    model = setup_method(model, method, 8, 8.0, 0.0, targets, 0, "auto", "dense")
+    model = setup_method(model, MethodSetup(method, 8, 8.0, 0.0, targets, 0, "auto", "dense"))
     counts = parameter_counts(model, ["classifier"])
     assert counts == {"trainable": PAPER_COUNTS[method], "head": 768 * 768 + 768 + 768 + 1}
 

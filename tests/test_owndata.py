@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from condlora.cli import main as cli_main
 from condlora.errors import CondLoRAError, ConfigError
-from condlora.runner.files import infer_labels, load_files, read_table
+from condlora.runner.owndata import infer_labels, load_files, read_table
 from condlora.runner.train import TrainConfig
 from glue_fixtures import make_tiny_model_dir, real_glue_dir, sentence
 

@@ -16,7 +16,7 @@ from condlora.errors import ConfigError
 from condlora.inject import get_config
 from condlora.layers import draw_matrix, module_seed
 from condlora.runner.batching import epoch_order
-from condlora.runner.methods import METHODS, setup_method
+from condlora.runner.methods import RUN_METHODS, MethodSetup, setup_method
 from condlora.runner.models import head_module_names, head_save_names
 from condlora.runner.train import TrainConfig, train
 from conftest import Killed, kill_at, logits, tiny_bert, tiny_distilbert, tiny_roberta
@@ -63,17 +63,17 @@ def test_head_module_names(make, dense, linear, saved_linear):
 
 @pytest.mark.parametrize("method", ["lora", "condlora", "head"])
 def test_dense_head_trains_the_pooler_for_every_method(method):
-    model = setup_method(tiny_bert(), method, 4, 4.0, 0.0, TARGETS, 0, head="dense")
+    model = setup_method(tiny_bert(), MethodSetup(method, 4, 4.0, 0.0, TARGETS, 0, head="dense"))
     pooler = {n for n in trainable(model) if "pooler" in n}
     assert len(pooler) == 2 and all(n.endswith(("dense.weight", "dense.bias")) for n in pooler)
-    model = setup_method(tiny_bert(), method, 4, 4.0, 0.0, TARGETS, 0, head="linear")
+    model = setup_method(tiny_bert(), MethodSetup(method, 4, 4.0, 0.0, TARGETS, 0, head="linear"))
     assert not any("pooler" in n for n in trainable(model))
 
 
 def test_peft_saves_and_reloads_the_trained_pooler(tmp_path):
     from peft import PeftModel
 
-    model = setup_method(tiny_bert(), "lora", 4, 4.0, 0.0, TARGETS, 0, head="dense")
+    model = setup_method(tiny_bert(), MethodSetup("lora", 4, 4.0, 0.0, TARGETS, 0, head="dense"))
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
@@ -88,7 +88,7 @@ def test_peft_saves_and_reloads_the_trained_pooler(tmp_path):
 
 @pytest.mark.parametrize("method", ["lora", "condlora"])
 def test_roberta_linear_head_trains_out_proj_only_and_saves_the_frozen_dense(tmp_path, method):
-    model = setup_method(tiny_roberta(), method, 4, 4.0, 0.0, TARGETS, 0, head="linear")
+    model = setup_method(tiny_roberta(), MethodSetup(method, 4, 4.0, 0.0, TARGETS, 0, head="linear"))
     head = {n.replace("base_model.model.", "").replace("modules_to_save.default.", "")
             for n in trainable(model) if "classifier" in n}
     assert head == {"classifier.out_proj.weight", "classifier.out_proj.bias"}
@@ -105,13 +105,13 @@ def test_roberta_linear_head_trains_out_proj_only_and_saves_the_frozen_dense(tmp
 # ---- the new methods ----------------------------------------------------------------------------------------
 
 def test_methods_tuple():
-    assert METHODS == ("lora", "condlora", "lora-frozen-a", "condlora-frozen-a", "lora-frozen-b",
+    assert RUN_METHODS == ("lora", "condlora", "lora-frozen-a", "condlora-frozen-a", "lora-frozen-b",
                        "condlora-frozen-b", "condlora-general", "full", "head", "lora-r1", "lora-r2", "vera",
                        "vera-r1024", "fourierft")
 
 
 def test_peft_lora_frozen_b_starts_as_identity_with_the_librarys_frozen_b():
-    peft_model = setup_method(tiny_bert(), "lora-frozen-b", 8, 8.0, 0.0, TARGETS, 7, head="linear")
+    peft_model = setup_method(tiny_bert(), MethodSetup("lora-frozen-b", 8, 8.0, 0.0, TARGETS, 7, head="linear"))
     torch.testing.assert_close(logits(peft_model, IDS), logits(tiny_bert(), IDS), atol=0, rtol=0)
     ours = apply_adapter(tiny_bert(), AdapterConfig(method="lora", r=8, alpha=8.0, target_modules=TARGETS,
                                                     train_b=False, seed=7, modules_to_save=["classifier"]))
@@ -134,7 +134,7 @@ def test_peft_lora_frozen_b_starts_as_identity_with_the_librarys_frozen_b():
 
 
 def test_condlora_frozen_b_is_the_librarys_train_b_false():
-    model = setup_method(tiny_bert(), "condlora-frozen-b", 8, 8.0, 0.0, TARGETS, 3, head="linear")
+    model = setup_method(tiny_bert(), MethodSetup("condlora-frozen-b", 8, 8.0, 0.0, TARGETS, 3, head="linear"))
     ours = apply_adapter(tiny_bert(), AdapterConfig(method="condlora", r=8, alpha=8.0, target_modules=TARGETS,
                                                     train_b=False, seed=3, cond_form="auto"))
     for key, gen in model.condlora_generators.items():
@@ -145,11 +145,11 @@ def test_condlora_frozen_b_is_the_librarys_train_b_false():
 
 @pytest.mark.parametrize("cond_form", ["auto", "paper", "general"])
 def test_condlora_general_ignores_cond_form(cond_form):
-    model = setup_method(tiny_bert(), "condlora-general", 8, 8.0, 0.0, TARGETS, 0, cond_form, head="linear")
+    model = setup_method(tiny_bert(), MethodSetup("condlora-general", 8, 8.0, 0.0, TARGETS, 0, cond_form, "linear"))
     assert {t["form"] for t in get_config(model).module_types.values()} == {"general"}
     shapes = {n.rsplit(".", 1)[-1]: tuple(p.shape) for n, p in model.named_parameters() if "theta" in n}
     assert shapes == {"theta_A": (8, 32), "theta_B": (32, 8)}
-    plain = setup_method(tiny_bert(), "condlora", 8, 8.0, 0.0, TARGETS, 0, cond_form, head="linear")
+    plain = setup_method(tiny_bert(), MethodSetup("condlora", 8, 8.0, 0.0, TARGETS, 0, cond_form, head="linear"))
     forms = {t["form"] for t in get_config(plain).module_types.values()}
     assert forms == ({"general"} if cond_form == "general" else {"paper"})
 

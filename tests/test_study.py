@@ -19,7 +19,7 @@ import condlora
 from condlora import cli
 from condlora.errors import CondLoRAError, ConfigError
 from condlora.study.progress import status_line
-from condlora.study.search import next_lr, search_grid
+from condlora.study.search import SearchSetup, next_lr, search_grid
 from condlora.study.study import PAPER_LR, StudySettings, run_once, run_study, search_lr
 from condlora.study.tables import paired_ttest
 from test_stats import t975, t_two_sided_p
@@ -162,7 +162,7 @@ def test_changed_run_settings_are_an_error(tmp_path):
 def test_search_picks_the_best_trial(tmp_path):
     fake = FakeRun()
     db = f"sqlite:///{tmp_path / 'optuna.db'}"
-    res = search_lr("rte", "lora", {"model": "fake"}, 6, db, tmp_path, run_fn=fake, seed=0)
+    res = search_lr("rte", "lora", {"model": "fake"}, 6, SearchSetup(db, tmp_path, run_fn=fake, seed=0))
     assert len(fake.calls) == 6 and res["n_complete"] == 6
     assert {c["output_dir"] for c in fake.calls} == {str(tmp_path / "search/rte/lora" / f"trial{k}") for k in range(6)}
     assert all(1e-5 <= c["lr"] <= 3e-3 and c["seed"] == 0 for c in fake.calls)
@@ -205,40 +205,40 @@ def test_diverged_trials_fail_and_are_replaced(tmp_path):
     fake = FakeRun()
     diverges_above_5e4 = diverging_above(5e-4, fake)
     db = f"sqlite:///{tmp_path / 'optuna.db'}"
-    res = search_lr("rte", "lora", {}, 5, db, tmp_path, run_fn=diverges_above_5e4, catch=(FloatingPointError,))
+    setup = SearchSetup(db, tmp_path, run_fn=diverges_above_5e4, catch=(FloatingPointError,))
+    res = search_lr("rte", "lora", {}, 5, setup)
     states = [t["state"] for t in res["trials"]]
     assert states.count("COMPLETE") == 5 == len(fake.calls) and set(states) <= {"COMPLETE", "FAIL"}
     assert all(t["lr"] > 5e-4 for t in res["trials"] if t["state"] == "FAIL")
     with pytest.raises(ZeroDivisionError):  # not in `catch`: the search stops with the error
-        search_lr("rte", "lora", {}, 9, db, tmp_path, run_fn=lambda cfg: 1 / 0, catch=())
+        search_lr("rte", "lora", {}, 9, SearchSetup(db, tmp_path, run_fn=lambda cfg: 1 / 0, catch=()))
 
 
 def test_grid_search_tries_every_lr_once_and_resumes(tmp_path):
     db = f"sqlite:///{tmp_path / 'optuna.db'}"
     first, again = FakeRun(), FakeRun()
-    res = search_lr("rte", "lora", {}, 99, db, tmp_path, run_fn=first, grid=[3e-3, 1e-4, 3e-4, 1e-4])
+    res = search_lr("rte", "lora", {}, 99, SearchSetup(db, tmp_path, run_fn=first), grid=[3e-3, 1e-4, 3e-4, 1e-4])
     assert sorted(c["lr"] for c in first.calls) == [1e-4, 3e-4, 3e-3]  # the grid, deduplicated, n_trials ignored
     assert res["lr"] == 3e-4 and res["n_complete"] == 3 and res["run_dir"].endswith(f"trial{res['best_trial']}")
-    assert search_lr("rte", "lora", {}, 3, db, tmp_path, run_fn=again, grid=[1e-4, 3e-4, 3e-3]) == res
+    assert search_lr("rte", "lora", {}, 3, SearchSetup(db, tmp_path, run_fn=again), grid=[1e-4, 3e-4, 3e-3]) == res
     assert again.calls == []
     with pytest.raises(CondLoRAError, match=r"other settings \(lr_grid\)"):
-        search_lr("rte", "lora", {}, 3, db, tmp_path, run_fn=again, grid=[1e-4, 1e-3])
+        search_lr("rte", "lora", {}, 3, SearchSetup(db, tmp_path, run_fn=again), grid=[1e-4, 1e-3])
     with pytest.raises(CondLoRAError, match=r"other settings \(lr_grid, lr_range\)"):
-        search_lr("rte", "lora", {}, 3, db, tmp_path, run_fn=again)
+        search_lr("rte", "lora", {}, 3, SearchSetup(db, tmp_path, run_fn=again))
 
 
 def test_grid_lr_that_diverges_scores_minus_inf(tmp_path):
     fake = FakeRun()
     diverges_above_1e3 = diverging_above(1e-3, fake)
     db = f"sqlite:///{tmp_path / 'optuna.db'}"
-    res = search_lr("rte", "condlora", {}, 3, db, tmp_path, run_fn=diverges_above_1e3, catch=(FloatingPointError,),
-                    grid=[1e-5, 1e-4, 5e-3])
+    setup = SearchSetup(db, tmp_path, run_fn=diverges_above_1e3, catch=(FloatingPointError,))
+    res = search_lr("rte", "condlora", {}, 3, setup, grid=[1e-5, 1e-4, 5e-3])
     assert [c["lr"] for c in fake.calls] == [1e-5, 1e-4] and res["lr"] == 1e-4
     bad = [t for t in res["trials"] if t["lr"] == 5e-3]
     assert len(bad) == 1 and bad[0]["val_score"] == -math.inf and "nan" in bad[0]["diverged"]
     with pytest.raises(CondLoRAError, match="diverged at every learning rate"):
-        search_lr("rte", "lora", {}, 3, db, tmp_path, run_fn=diverges_above_1e3, catch=(FloatingPointError,),
-                  grid=[2e-3, 5e-3])
+        search_lr("rte", "lora", {}, 3, setup, grid=[2e-3, 5e-3])
 
 
 def test_next_lr_steps_past_the_edge_where_the_best_lr_sits():
@@ -252,15 +252,15 @@ def test_grid_is_extended_while_the_best_lr_sits_at_an_edge(tmp_path):
     db = f"sqlite:///{tmp_path / 'optuna.db'}"
     first, again = FakeRun(), FakeRun()
     # val_of peaks at 10**-3.5 ~ 3.2e-4, below the grid: 1e-3 wins, then 5e-4, then 2.5e-4 (the 2nd and last step)
-    res = search_grid("mrpc", "lora", {}, [1e-3, 2e-3, 5e-3], db, tmp_path, run_fn=first)
+    res = search_grid("mrpc", "lora", {}, [1e-3, 2e-3, 5e-3], SearchSetup(db, tmp_path, run_fn=first))
     assert [c["lr"] for c in first.calls] == [1e-3, 2e-3, 5e-3, 5e-4, 2.5e-4]
     assert [c["output_dir"][-6:] for c in first.calls[3:]] == ["trial3", "trial4"]
     assert (res["lr"], res["extended"], res["n_complete"]) == (2.5e-4, [5e-4, 2.5e-4], 5)
     assert res["grid"] == [1e-3, 2e-3, 5e-3]
-    assert search_grid("mrpc", "lora", {}, [1e-3, 2e-3, 5e-3], db, tmp_path, run_fn=again) == res  # resumes
+    assert search_grid("mrpc", "lora", {}, [1e-3, 2e-3, 5e-3], SearchSetup(db, tmp_path, again)) == res  # resumes
     assert again.calls == []
     inside = FakeRun()
-    res = search_grid("rte", "lora", {}, [1e-4, 3e-4, 1e-3], db, tmp_path, run_fn=inside)
+    res = search_grid("rte", "lora", {}, [1e-4, 3e-4, 1e-3], SearchSetup(db, tmp_path, run_fn=inside))
     assert res["lr"] == 3e-4 and res["extended"] == [] and len(inside.calls) == 3
 
 
@@ -268,27 +268,28 @@ def test_search_in_a_new_storage_reuses_finished_trial_folders(tmp_path):
     """A search whose Optuna storage is new (lost, or another study's folder reused) trains nothing finished again,
     finds each LR's folder whatever its trial number, and never trains over a folder holding another LR."""
     first, again = FakeRun(), FakeRun()
-    old = search_grid("mrpc", "lora", {}, [1e-3, 2e-3, 5e-3], f"sqlite:///{tmp_path / 'a.db'}", tmp_path, run_fn=first)
+    old = search_grid("mrpc", "lora", {}, [1e-3, 2e-3, 5e-3], SearchSetup(f"sqlite:///{tmp_path / 'a.db'}", tmp_path,
+                                                                          run_fn=first))
     root = tmp_path / "search" / "mrpc" / "lora"
     (root / "trial1").rename(root / "trial9")  # the 2e-3 run under another number
     (root / "trial1").mkdir()
     (root / "trial1" / "config.json").write_text(json.dumps({"run": {"lr": 7e-3}}))  # an unfinished other LR
-    new = search_grid("mrpc", "lora", {}, [1e-3, 2e-3, 5e-3], f"sqlite:///{tmp_path / 'b.db'}", tmp_path,
-                      run_fn=again)
+    new = search_grid("mrpc", "lora", {}, [1e-3, 2e-3, 5e-3], SearchSetup(f"sqlite:///{tmp_path / 'b.db'}", tmp_path,
+                      run_fn=again))
     assert again.calls == [] and (new["lr"], new["extended"], new["val_score"]) == (
         old["lr"], old["extended"], old["val_score"])
     assert [Path(t["run_dir"]).name for t in new["trials"]] == ["trial0", "trial9", "trial2", "trial3", "trial4"]
     fresh = FakeRun()
-    search_grid("rte", "lora", {}, [1e-3], f"sqlite:///{tmp_path / 'a.db'}", tmp_path, run_fn=fresh)
+    search_grid("rte", "lora", {}, [1e-3], SearchSetup(f"sqlite:///{tmp_path / 'a.db'}", tmp_path, run_fn=fresh))
     (tmp_path / "search" / "rte" / "lora" / "trial0" / "results.json").unlink()  # not finished: its LR, resumed
-    search_grid("rte", "lora", {}, [2e-3], f"sqlite:///{tmp_path / 'c.db'}", tmp_path, run_fn=fresh)
+    search_grid("rte", "lora", {}, [2e-3], SearchSetup(f"sqlite:///{tmp_path / 'c.db'}", tmp_path, run_fn=fresh))
     assert [Path(c["output_dir"]).name for c in fresh.calls] == ["trial0", "trial0-1"]
 
 
 def test_tpe_search_stays_in_lr_range(tmp_path):
     fake = FakeRun()
     db = f"sqlite:///{tmp_path / 'optuna.db'}"
-    search_lr("rte", "lora", {}, 5, db, tmp_path, run_fn=fake, lr_range=(1e-3, 1e-2))
+    search_lr("rte", "lora", {}, 5, SearchSetup(db, tmp_path, run_fn=fake), lr_range=(1e-3, 1e-2))
     assert len(fake.calls) == 5 and all(1e-3 <= c["lr"] <= 1e-2 for c in fake.calls)
 
 
@@ -306,21 +307,21 @@ def test_study_with_grid(tmp_path):
 def test_resumed_search_continues(tmp_path):
     db = f"sqlite:///{tmp_path / 'optuna.db'}"
     first, second, third = FakeRun(), FakeRun(), FakeRun()
-    search_lr("mrpc", "condlora", {}, 3, db, tmp_path, run_fn=first)
-    res = search_lr("mrpc", "condlora", {}, 5, db, tmp_path, run_fn=second)
-    search_lr("mrpc", "condlora", {}, 5, db, tmp_path, run_fn=third)
+    search_lr("mrpc", "condlora", {}, 3, SearchSetup(db, tmp_path, run_fn=first))
+    res = search_lr("mrpc", "condlora", {}, 5, SearchSetup(db, tmp_path, run_fn=second))
+    search_lr("mrpc", "condlora", {}, 5, SearchSetup(db, tmp_path, run_fn=third))
     assert (len(first.calls), len(second.calls), len(third.calls)) == (3, 2, 0)
     assert [c["output_dir"][-6:] for c in second.calls] == ["trial3", "trial4"]
     assert sorted(t["number"] for t in res["trials"] if t["state"] == "COMPLETE") == list(range(5))
     assert res["lr"] == max(first.calls + second.calls, key=lambda c: val_of(c["lr"]))["lr"]
-    search_lr("mrpc", "condlora", {"glue_dir": "/elsewhere", "quiet": True}, 5, db, tmp_path, run_fn=third)
+    search_lr("mrpc", "condlora", {"glue_dir": "/elsewhere", "quiet": True}, 5, SearchSetup(db, tmp_path, run_fn=third))
     with pytest.raises(CondLoRAError, match="other settings"):
-        search_lr("mrpc", "condlora", {"epochs": 9}, 5, db, tmp_path, run_fn=third)
+        search_lr("mrpc", "condlora", {"epochs": 9}, 5, SearchSetup(db, tmp_path, run_fn=third))
 
 
 WORKER = """
 import json, os, sys, time
-from condlora.study.study import search_lr
+from condlora.study.search import SearchSetup, search_lr
 log, db, out = sys.argv[1:4]
 
 def run(cfg):
@@ -331,7 +332,8 @@ def run(cfg):
         os._exit(3)  # a worker killed mid-trial: its trial stays RUNNING in the storage
     return {"val_score": -abs(cfg["lr"] - 3e-4), "seed": cfg["seed"], "lr": cfg["lr"], "method": cfg["method"]}
 
-search_lr("rte", "condlora", {}, int(sys.argv[4]), db, out, run_fn=run, heartbeat=int(sys.argv[5]), poll_s=0.2)
+setup = SearchSetup(db, out, run_fn=run, heartbeat=int(sys.argv[5]), poll_s=0.2)
+search_lr("rte", "condlora", {}, int(sys.argv[4]), setup)
 """
 
 
@@ -355,7 +357,7 @@ def load_shared(tmp_path):
 
 GRID_WORKER = """
 import os, sys
-from condlora.study.search import search_grid
+from condlora.study.search import SearchSetup, search_grid
 out, db = sys.argv[1:3]
 
 def run(cfg):
@@ -365,7 +367,8 @@ def run(cfg):
         f.write(f"{cfg['lr']}\\n")
     return {"val_score": 1.0 - abs(cfg["lr"] - 3e-4), "seed": cfg["seed"], "lr": cfg["lr"], "method": cfg["method"]}
 
-print(search_grid("mrpc", "lora", {}, [1e-3, 2e-3, 5e-3], db, out, run_fn=run, heartbeat=1, poll_s=0.2)["lr"])
+setup = SearchSetup(db, out, run_fn=run, heartbeat=1, poll_s=0.2)
+print(search_grid("mrpc", "lora", {}, [1e-3, 2e-3, 5e-3], setup)["lr"])
 """
 
 

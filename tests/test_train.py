@@ -86,10 +86,10 @@ EXPECTED_TRAINABLE["condlora-general"] = EXPECTED_TRAINABLE["condlora"]
 
 @pytest.mark.parametrize("method", ALL_METHODS)
 def test_exact_trainable_set(method):
-    from condlora.runner.methods import setup_method
+    from condlora.runner.methods import MethodSetup, setup_method
     from conftest import tiny_bert
 
-    model = setup_method(tiny_bert(), method, 8, 8.0, 0.0, ["query", "value"], 0)
+    model = setup_method(tiny_bert(), MethodSetup(method, 8, 8.0, 0.0, ["query", "value"], 0))
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     if method == "full":
         assert names == {n for n, _ in model.named_parameters()}
@@ -105,7 +105,7 @@ def test_exact_trainable_set(method):
 @pytest.mark.parametrize("method", ["condlora", "lora"])
 def test_saved_best_adapter_reproduces_the_test_score(tiny, tmp_path, method):
     from condlora import load_adapter
-    from condlora.runner.data import Encoded, load_glue
+    from condlora.runner.glue import Encoded, load_glue
     from condlora.runner.models import load_classifier, load_tokenizer
 
     res = train(config(tiny, tmp_path, method=method, epochs=3, eval_every=2, lr=3e-2))

@@ -9,7 +9,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-METHODS = ("lora", "condlora")
+ADAPTER_METHODS = ("lora", "condlora")  # the adapters of AdapterConfig.method
 COND_FORMS = ("auto", "paper", "general")
 INIT_A = ("orthogonal", "gaussian", "kaiming")
 INIT_B = INIT_A
@@ -73,7 +73,7 @@ class AdapterConfig:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
-        self._check_choice("method", METHODS)
+        self._check_choice("method", ADAPTER_METHODS)
         self._check_choice("cond_form", COND_FORMS)
         self._check_choice("init_a", INIT_A)
         self._check_choice("init_b", INIT_B)

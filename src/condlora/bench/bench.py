@@ -21,9 +21,14 @@ import tempfile
 
 from ..errors import CondLoRAError
 
-DEFAULT_METHODS = ("base", "lora", "native-lora", "condlora", "condlora-frozen-a", "native-lora-frozen-a", "full",
-                   "lora-r1", "vera", "vera-r1024", "fourierft", "infer-base", "infer-merged", "infer-condlora",
-                   "infer-merged-vera", "infer-merged-vera-r1024", "infer-merged-fourierft")
+# real PEFT rows at their own sizes (runner.method_defaults): trained, and merged for inference
+PEFT_ROWS = ("lora-r1", "vera", "vera-r1024", "fourierft")
+TRAIN_METHODS = ("base", "lora", "native-lora", "condlora", "condlora-frozen-a", "native-lora-frozen-a", "full",
+                 *PEFT_ROWS)
+INFER_METHODS = ("infer-base", "infer-merged", "infer-condlora", *(f"infer-merged-{m}" for m in PEFT_ROWS[1:]))
+BENCH_METHODS = TRAIN_METHODS + INFER_METHODS  # every method `condlora bench` measures, all by default
+DEFAULT_METHODS = BENCH_METHODS
+ANSWER_MARK = "@@ "  # starts each answer line of a worker, so stray library output is never taken for one
 # old method names, still accepted
 ALIASES = {"peft-lora": "lora"}
 
@@ -52,8 +57,8 @@ class Worker:
     def receive(self) -> dict:
         """The worker's next answer; a clear error with its stderr tail if it died."""
         while line := self.proc.stdout.readline():
-            if line.startswith("@@ "):
-                return json.loads(line[3:])
+            if line.startswith(ANSWER_MARK):
+                return json.loads(line[len(ANSWER_MARK):])
         self.proc.wait()
         self.stderr.seek(0)
         tail = [ln for ln in self.stderr.read().strip().splitlines() if not ln.startswith("USDT")][-3:]

@@ -5,7 +5,7 @@ tensors during the first step (`first_step_peak_mb`, the number the table shows)
 resident high-water mark above its post-build level (Linux `/proc/self/clear_refs` resets it), which
 also counts what the C allocator keeps cached.
 The parent sends one JSON command per line (`run`, `mem`, `quit`); the worker answers one line each,
-prefixed with `@@ ` so that stray library output on stdout cannot be mistaken for an answer.
+prefixed with `bench.ANSWER_MARK` (`@@ `) so that stray library output on stdout cannot be mistaken for an answer.
 """
 
 from __future__ import annotations
@@ -22,15 +22,9 @@ import torch
 from torch import nn
 
 from ..errors import CondLoRAError, require
+from .bench import ANSWER_MARK, BENCH_METHODS, PEFT_ROWS, TRAIN_METHODS
 
-# real PEFT rows at their own sizes (runner.method_defaults): trained, and merged for inference
-PEFT_ROWS = ("lora-r1", "vera", "vera-r1024", "fourierft")
-TRAIN_METHODS = ("base", "lora", "native-lora", "condlora", "condlora-frozen-a", "native-lora-frozen-a", "full",
-                 *PEFT_ROWS)
-INFER_METHODS = ("infer-base", "infer-merged", "infer-condlora", *(f"infer-merged-{m}" for m in PEFT_ROWS[1:]))
-METHODS = TRAIN_METHODS + INFER_METHODS
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-PREFIX = "@@ "
 
 
 def apply_method(model: nn.Module, method: str, r: int, alpha: float, targets: list[str]) -> nn.Module:
@@ -48,11 +42,14 @@ def apply_method(model: nn.Module, method: str, r: int, alpha: float, targets: l
     row = method.removeprefix("infer-merged-")
     if row in PEFT_ROWS:
         return _peft_row(model, row, targets, merged=method != row)
-    if method == "lora":  # the real peft library
+    if method == "lora":  # the real peft library: its plain LoRA model, the head trained in place (no copy)
         require("peft", "bench method 'lora'", "peft")
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig
 
-        model = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets))
+        from ..runner.peft_methods import peft_model
+
+        model = peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets),
+                           targets)
         for name, p in model.named_parameters():
             if any(f".{h}." in f".{name}" for h in heads):
                 p.requires_grad_(True)
@@ -72,12 +69,9 @@ def apply_method(model: nn.Module, method: str, r: int, alpha: float, targets: l
 
 def _peft_row(model: nn.Module, method: str, targets: list[str], merged: bool) -> nn.Module:
     """A PEFT row at its own sizes with the linear head; `merged`: a trained-looking adapter merged into W."""
-    from ..runner.method_defaults import method_defaults
-    from ..runner.methods import setup_method
+    from ..runner.methods import MethodSetup, setup_method
 
-    d = method_defaults(method)
-    model = setup_method(model, method, d.r, d.alpha, 0.0, targets, 0, "auto", "linear", d.n_frequency,
-                         d.fourier_scaling)
+    model = setup_method(model, MethodSetup.row(method, targets, head="linear"))
     if not merged:
         return model
     with torch.no_grad():  # non-zero vectors / spectrum so the merge is real work
@@ -200,7 +194,7 @@ def read_status_kb(field: str) -> int:
 
 def answer(data: dict) -> None:
     """Write one protocol line to the parent."""
-    sys.stdout.write(PREFIX + json.dumps(data) + "\n")
+    sys.stdout.write(ANSWER_MARK + json.dumps(data) + "\n")
     sys.stdout.flush()
 
 
@@ -221,7 +215,7 @@ def serve(runner: Runner, memory: Callable[[], dict], read_line: Callable[[], st
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The worker's arguments (set by the parent, not by users)."""
     p = argparse.ArgumentParser(prog="python -m condlora.bench.worker")
-    p.add_argument("--method", choices=METHODS, required=True)
+    p.add_argument("--method", choices=BENCH_METHODS, required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--batch-size", type=int, required=True)
     p.add_argument("--max-length", type=int, required=True)

@@ -1,4 +1,4 @@
-"""Own-data flags shared by `condlora train` and `condlora study` (`--train-file` etc.; see runner/files.py)."""
+"""Own-data flags shared by `condlora train` and `condlora study` (`--train-file` etc.; see runner/owndata.py)."""
 
 from __future__ import annotations
 

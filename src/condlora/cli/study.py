@@ -8,7 +8,8 @@ from pathlib import Path
 from ..config import COND_FORMS
 from ..errors import ConfigError
 from ..study.search import LR_RANGE
-from ..study.study import METHODS, PASS_THROUGH, PRESETS, SEEDS_HELP, TASKS, StudySettings, run_study
+from ..study.study import PASS_THROUGH, PRESETS, SEEDS_HELP, TASKS, StudySettings, run_study
+from ..study.study import STUDY_METHODS as METHODS
 from . import owndata
 
 DEFAULT_TASKS = "rte,mrpc,stsb,cola"

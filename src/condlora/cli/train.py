@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..config import COND_FORMS
-from ..runner.data import GLUE_DIR_ENV, TASKS
-from ..runner.methods import METHODS
+from ..runner.glue import GLUE_DIR_ENV, TASKS
+from ..runner.methods import RUN_METHODS as METHODS
 from ..runner.models import ALIASES_HELP
 from . import owndata
 

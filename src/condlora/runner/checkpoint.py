@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,38 @@ from ..serialization import copy_weights, write_safetensors
 from .methods import trainable_state
 
 CHECKPOINT_DIR = "checkpoint"
+
+
+@dataclass
+class RunState:
+    """A run's bookkeeping, saved in checkpoint/state.json (same keys as ever: old checkpoints resume).
+
+    Attributes:
+        step: optimizer steps done.
+        best_score, best_step, best_val: the best validation score so far, its step and all its metrics.
+        train_time_s, examples: seconds spent in training steps and examples seen (for examples/s).
+        wall_time_s: wall time of earlier sessions (up to their last checkpoint).
+        loss_sum, loss_count: training loss summed since the last evaluation, and over how many steps.
+        bad_evals, stopped_early: evaluations without a better score since the best; whether patience ran out.
+    """
+
+    step: int = 0
+    best_score: float | None = None
+    best_step: int = 0
+    best_val: dict[str, float] = field(default_factory=dict)
+    train_time_s: float = 0.0
+    examples: int = 0
+    wall_time_s: float = 0.0
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    bad_evals: int = 0  # missing in checkpoints written before early stopping existed
+    stopped_early: bool = False
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> RunState:
+        """The state of a checkpoint's state.json (keys it lacks take their defaults)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in saved.items() if k in names})
 
 
 def _optimizer_parts(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -74,11 +107,11 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
 
 def save_checkpoint(output_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, best: dict[str, torch.Tensor],
-                    state: dict) -> None:
+                    state: RunState) -> None:
     """Write the whole training state to `output_dir/checkpoint` (swapped in atomically)."""
     opt_tensors, opt_meta = _optimizer_parts(optimizer)
     rng_tensors, rng_meta = rng_state()
-    meta = {**state, "optimizer": opt_meta, "scheduler": scheduler.state_dict(), "rng": rng_meta}
+    meta = {**asdict(state), "optimizer": opt_meta, "scheduler": scheduler.state_dict(), "rng": rng_meta}
 
     def write(tmp: Path) -> None:
         write_safetensors(tmp / "trainable.safetensors", trainable_state(model))
@@ -96,7 +129,7 @@ def load_trainable(model: nn.Module, tensors: dict[str, torch.Tensor], source: s
 
 
 def load_checkpoint(output_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler) -> tuple[dict, dict[str, torch.Tensor]] | None:
+                    scheduler: torch.optim.lr_scheduler.LRScheduler) -> tuple[RunState, dict[str, torch.Tensor]] | None:
     """Restore a checkpoint into model, optimizer, scheduler and RNGs; returns (state, best weights) or None."""
     folder = existing_dir(output_dir / CHECKPOINT_DIR)
     if folder is None or not (folder / "state.json").is_file():
@@ -113,4 +146,4 @@ def load_checkpoint(output_dir: Path, model: nn.Module, optimizer: torch.optim.O
     optimizer.load_state_dict(_optimizer_state(opt_tensors, meta.pop("optimizer")))  # moves state to the params
     scheduler.load_state_dict(meta.pop("scheduler"))
     set_rng_state(rng_tensors, meta.pop("rng"))
-    return meta, best
+    return RunState.from_dict(meta), best

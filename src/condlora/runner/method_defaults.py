@@ -20,7 +20,7 @@ the head at the adapter's LR) and the LR grid of the converged study (1e-3, 2e-3
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 LORA_GRID = (1e-3, 2e-3, 5e-3)
 
@@ -68,3 +68,35 @@ def applies(setting: str, method: str) -> bool:
     """Whether `setting` (r, alpha, n_frequency, fourier_scaling) means something for `method`'s adapter."""
     kind = method_defaults(method).kind
     return any(kind.startswith(k) for k in ONLY_FOR[setting])
+
+
+@dataclass(frozen=True)
+class MethodSetup:
+    """What `methods.setup_method` needs of a run: the method and its adapter settings (`TrainConfig.method_setup`).
+
+    Attributes:
+        method: one of RUN_METHODS.
+        r, alpha, dropout, target_modules: adapter settings (VeRA: r is its rank; FourierFT: no dropout).
+        seed: seed of the adapter's random parts (frozen sides, VeRA's A and B, FourierFT's frequencies).
+        cond_form: CondLoRA's form ("auto", "paper" or "general"; see `AdapterConfig`); LoRA ignores it.
+        head: the trainable classification head ("dense" or "linear"; see `models.head_module_names`).
+        n_frequency, fourier_scaling: FourierFT's (its defaults when None).
+    """
+
+    method: str
+    r: int | None = None
+    alpha: float | None = None
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+    seed: int = 0
+    cond_form: str = "auto"
+    head: str = "dense"
+    n_frequency: int | None = None
+    fourier_scaling: float | None = None
+
+    @classmethod
+    def row(cls, method: str, target_modules: list[str], head: str = "dense", **kw) -> MethodSetup:
+        """`method` at its own sizes from `method_defaults` (r, alpha, n_frequency, fourier_scaling)."""
+        d = method_defaults(method)
+        sizes = {"r": d.r, "alpha": d.alpha, "n_frequency": d.n_frequency, "fourier_scaling": d.fourier_scaling}
+        return cls(method, target_modules=list(target_modules), head=head, **{**sizes, **kw})

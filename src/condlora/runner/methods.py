@@ -1,14 +1,13 @@
 """The fine-tuning methods of `condlora train`: real PEFT LoRA, CondLoRA, their one-side-frozen variants, full, head.
 
 * `lora`, `lora-frozen-a`, `lora-frozen-b`: the `peft` library's `LoraConfig` + `get_peft_model` (the
-  baseline). For a frozen side, PEFT's matrix is replaced by the same seeded orthonormal draw this library's
-  LoRA uses (`layers.init_pair`) and frozen: frozen A = `draw_matrix(r, d_in, "orthogonal", module_seed(seed,
-  name))`, B zero; frozen B = `draw_matrix(d_out, r, "orthogonal", module_seed(seed, name, "B"))`, A zero.
+  baseline); a frozen side is the seeded orthonormal draw this library's LoRA uses (see `peft_methods`).
 * `condlora`, `condlora-frozen-a`, `condlora-frozen-b`: `condlora.apply_adapter` (one shared generator per
   module type) in the form `cond_form` asks for; `condlora-general`: CondLoRA in the general form always.
 * `lora-r1`, `lora-r2`: PEFT LoRA at rank 1 and 2, alpha = r. `vera`, `vera-r1024`: PEFT VeRA at r = 256 and
   1024 (`peft.VeraConfig`; its shared A, B are drawn from the run's seed). `fourierft`: PEFT FourierFT
-  (`peft.FourierFTConfig`; its frequencies are drawn from the run's seed). Sizes and LRs: `method_defaults`.
+  (`peft.FourierFTConfig`; its frequencies are drawn from the run's seed). Sizes and LRs: `method_defaults`;
+  the PEFT set-up of every PEFT method: `peft_methods`.
 * `full`: every weight trains. `head`: only the classification head trains.
 
 Every method trains the same classification head (`head`: "dense" or "linear", see
@@ -18,65 +17,48 @@ Every method trains the same classification head (`head`: "dense" or "linear", s
 from __future__ import annotations
 
 import re
-import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..config import AdapterConfig
-from ..errors import ConfigError, require
+from ..errors import ConfigError
 from ..fileio import replace_dir
-from ..inject import count_parameters, linear_names
-from ..layers import draw_matrix, module_seed
+from ..inject import count_parameters
 from ..model import apply_adapter
 from ..serialization import PEFT_MODEL_PREFIX as PEFT_PREFIX
 from ..serialization import export_peft_lora, save_adapter, write_safetensors
-from .method_defaults import ROWS, method_defaults
+from .method_defaults import ROWS, MethodSetup
 from .models import head_module_names, head_save_names
+from .peft_methods import PEFT_METHODS, add_peft
 
-METHODS = ("lora", "condlora", "lora-frozen-a", "condlora-frozen-a", "lora-frozen-b", "condlora-frozen-b",
-           "condlora-general", "full", "head", *ROWS)
-LORA_FROZEN = {"lora": None, "lora-frozen-a": "A", "lora-frozen-b": "B", "lora-r1": None, "lora-r2": None}
-PEFT_NAMES = {"LORA": "LoRA", "VERA": "VeRA", "FOURIERFT": "FourierFT"}
-PEFT_METHODS = (*LORA_FROZEN, "vera", "vera-r1024", "fourierft")  # saved by PEFT's save_pretrained
+# every --method of `condlora train`
+RUN_METHODS = ("lora", "condlora", "lora-frozen-a", "condlora-frozen-a", "lora-frozen-b", "condlora-frozen-b",
+               "condlora-general", "full", "head", *ROWS)
 CONDLORA_SIDES = {"condlora": (True, True), "condlora-frozen-a": (False, True), "condlora-frozen-b": (True, False),
                   "condlora-general": (True, True)}  # (train_a, train_b)
 
 
-def setup_method(model: nn.Module, method: str, r: int | None, alpha: float | None, dropout: float,
-                 target_modules: list[str], seed: int, cond_form: str = "auto", head: str = "dense",
-                 n_frequency: int | None = None, fourier_scaling: float | None = None) -> nn.Module:
-    """Prepare `model` for `method`: add the adapter and set exactly the trainable parameters.
-
-    `cond_form` is CondLoRA's form ("auto", "paper" or "general"; see `AdapterConfig`); LoRA ignores it.
-    `head` is the trainable classification head ("dense" or "linear"; see `models.head_module_names`).
-    `n_frequency` and `fourier_scaling` are FourierFT's (its defaults when None); `r` is VeRA's rank too.
-    """
-    heads, saved = head_module_names(model, head), head_save_names(model, head)
-    d = method_defaults(method)
-    if method in LORA_FROZEN:
-        model = _peft_lora(model, r, alpha, dropout, target_modules, saved, seed, LORA_FROZEN[method])
-    elif d.kind in ("vera", "fourierft"):
-        from .peft_rows import peft_config
-
-        sizes = {"r": r if r is not None else d.r, "n_frequency": n_frequency or d.n_frequency,
-                 "scaling": fourier_scaling or d.fourier_scaling}
-        model = _get_peft_model(model, peft_config(d.kind, sizes, dropout, target_modules, saved, seed),
-                                target_modules)
-    elif method in CONDLORA_SIDES:
-        train_a, train_b = CONDLORA_SIDES[method]
-        form = "general" if method == "condlora-general" else cond_form
-        cfg = AdapterConfig(method="condlora", r=r, alpha=alpha, dropout=dropout, target_modules=target_modules,
-                            cond_form=form, train_a=train_a, train_b=train_b, seed=seed, modules_to_save=saved)
+def setup_method(model: nn.Module, s: MethodSetup) -> nn.Module:
+    """Prepare `model` for method `s.method`: add the adapter and set exactly the trainable parameters."""
+    heads, saved = head_module_names(model, s.head), head_save_names(model, s.head)
+    if s.method in PEFT_METHODS:
+        model = add_peft(model, s, saved)
+    elif s.method in CONDLORA_SIDES:
+        train_a, train_b = CONDLORA_SIDES[s.method]
+        form = "general" if s.method == "condlora-general" else s.cond_form
+        cfg = AdapterConfig(method="condlora", r=s.r, alpha=s.alpha, dropout=s.dropout,
+                            target_modules=s.target_modules, cond_form=form, train_a=train_a, train_b=train_b,
+                            seed=s.seed, modules_to_save=saved)
         model = apply_adapter(model, cfg)
-    elif method == "full":
+    elif s.method == "full":
         return model.requires_grad_(True)
-    elif method == "head":
-        freeze_all_but_head(model, head)
+    elif s.method == "head":
+        freeze_all_but_head(model, s.head)
         return model
     else:
-        raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+        raise ConfigError(f"method must be one of {', '.join(RUN_METHODS)}; got {s.method!r}")
     _train_only_head(model, heads, saved)
     return model
 
@@ -97,50 +79,6 @@ def _train_only_head(model: nn.Module, heads: list[str], saved: list[str]) -> No
     for name, p in model.named_parameters():
         if p.requires_grad and (".modules_to_save." in name or _under(_base_name(name), saved)):
             p.requires_grad_(_under(_base_name(name), heads))
-
-
-def _peft_lora(model: nn.Module, r: int, alpha: float, dropout: float, target_modules: list[str],
-               saved: list[str], seed: int, frozen: str | None) -> nn.Module:
-    require("peft", "method 'lora' (real PEFT LoRA)", "peft")
-    from peft import LoraConfig
-
-    config = LoraConfig(task_type="SEQ_CLS", r=r, lora_alpha=alpha, lora_dropout=dropout,
-                        target_modules=list(target_modules), modules_to_save=list(saved), bias="none")
-    model = _get_peft_model(model, config, target_modules)
-    if frozen is not None:
-        for name, module in model.named_modules():
-            lora_a, lora_b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
-            if isinstance(lora_a, nn.ModuleDict) and "default" in lora_a:
-                _freeze_side(lora_a["default"].weight, lora_b["default"].weight, frozen, seed,
-                             name.removeprefix(PEFT_PREFIX))
-    return model
-
-
-def _get_peft_model(model: nn.Module, config, target_modules: list[str]) -> nn.Module:
-    """`peft.get_peft_model(model, config)`; a clear error where PEFT cannot adapt `target_modules`."""
-    from peft import get_peft_model
-
-    try:
-        with warnings.catch_warnings():  # peft 0.21 asks transformers 5 a deprecated property; harmless
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            return get_peft_model(model, config)
-    except ValueError as e:
-        name = PEFT_NAMES.get(config.peft_type.value, config.peft_type.value)
-        raise ConfigError(f"peft could not apply {name} with target_modules {target_modules} "
-                          f"({str(e).split('.')[0]}); linear modules in this model: "
-                          f"{', '.join(linear_names(model))}") from None
-
-
-def _freeze_side(a: torch.Tensor, b: torch.Tensor, frozen: str, seed: int, name: str) -> None:
-    """Set one PEFT LoRA pair like `layers.init_pair`: the `frozen` side drawn and frozen, the other as LoRA's."""
-    with torch.no_grad():
-        if frozen == "A":  # B stays PEFT's zero
-            a.copy_(draw_matrix(a.shape[0], a.shape[1], "orthogonal", module_seed(seed, name)).to(a.dtype))
-            a.requires_grad_(False)
-        else:
-            b.copy_(draw_matrix(b.shape[0], b.shape[1], "orthogonal", module_seed(seed, name, "B")).to(b.dtype))
-            a.zero_()
-            b.requires_grad_(False)
 
 
 def _base_name(name: str) -> str:

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from .data import GlueTask
+from .glue import GlueTask
 
 PAIR_F1_TASKS = ("mrpc", "qqp")
 
@@ -33,7 +33,7 @@ def compute_metrics(task: GlueTask, predictions: np.ndarray, labels: np.ndarray)
     from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
     out = {"accuracy": float(accuracy_score(labels, predictions))}
-    extra = getattr(task, "extra_metrics", ())  # own data (runner/files.py): its metric, F1 when binary
+    extra = getattr(task, "extra_metrics", ())  # own data (runner/owndata.py): its metric, F1 when binary
     if task.metric == "matthews" or "matthews" in extra:
         out["matthews"] = float(matthews_corrcoef(labels, predictions))
     if task.name in PAIR_F1_TASKS or "f1" in extra:

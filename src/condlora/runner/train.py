@@ -17,6 +17,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,17 +27,15 @@ from .. import __version__
 from ..errors import CondLoRAError, ConfigError
 from ..fileio import append_jsonl, read_jsonl, write_json, write_text
 from .batching import epoch_order
-from .checkpoint import CHECKPOINT_DIR, load_checkpoint, load_trainable, save_checkpoint
-from .data import Encoded, GlueData, load_glue, subsample
+from .checkpoint import CHECKPOINT_DIR, RunState, load_checkpoint, load_trainable, save_checkpoint
 from .distributed import check_distributed
-from .files import load_files, task_record
+from .glue import Encoded, TaskData, load_glue, subsample
 from .methods import is_head_param, parameter_counts, save_best, setup_method, trainable_state
 from .metrics import compute_metrics
 from .models import head_module_names, load_classifier, load_tokenizer, model_targets, quiet_loading
+from .owndata import load_files, task_record
 from .rundir import check_output_dir, clear_run_files, versions
 from .train_config import TrainConfig, native_bf16_cpu
-
-EARLY_STOP_STATE = {"bad_evals": 0, "stopped_early": False}
 
 __all__ = ["TrainConfig", "TrainingDiverged", "train", "versions"]
 
@@ -113,8 +112,7 @@ class Run:
         self.scheduler = _linear_schedule(optimizer, math.ceil(cfg.warmup_ratio * self.total_steps),
                                           self.total_steps)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
-        self.state = {"step": 0, "best_score": None, "best_step": 0, "best_val": {}, "train_time_s": 0.0,
-                      "examples": 0, "wall_time_s": 0.0, "loss_sum": 0.0, "loss_count": 0, **EARLY_STOP_STATE}
+        self.state = RunState()
         self.best = self.snapshot()
         self._perm_epoch, self._perm = -1, []
         self.checkpoint_step = 0
@@ -133,12 +131,11 @@ class Run:
         self.heads = head_module_names(model, cfg.head)
         base_params = sum(p.numel() for p in model.parameters())
         targets = model_targets(model, cfg.target_modules)  # MPNet: query,value -> q,v
-        model = setup_method(model, cfg.method, cfg.r, cfg.alpha, cfg.dropout, targets, cfg.seed,
-                             cfg.cond_form, cfg.head, cfg.n_frequency, cfg.fourier_scaling)
+        model = setup_method(model, cfg.method_setup(targets))
         self.counts = {**parameter_counts(model, self.heads), "base": base_params}
         return tokenizer, model
 
-    def _encode(self, tokenizer, data: GlueData) -> None:
+    def _encode(self, tokenizer, data: TaskData) -> None:
         cfg = self.cfg
         train = data.train if cfg.max_train_samples is None else data.train.select(
             range(min(cfg.max_train_samples, len(data.train))))
@@ -220,32 +217,32 @@ class Run:
         """Validation metrics now (one metrics.jsonl record); keeps the best weights; counts toward patience."""
         metrics = compute_metrics(self.task, self.predict(self.val_enc), self.val_enc.labels.numpy())
         score, st = metrics[self.task.metric], self.state
-        improved = st["best_score"] is None or score > st["best_score"]
+        improved = st.best_score is None or score > st.best_score
         if improved:
-            st.update(best_score=score, best_step=st["step"], best_val=metrics, bad_evals=0)
+            st.best_score, st.best_step, st.best_val, st.bad_evals = score, st.step, metrics, 0
             self.best = self.snapshot()
         else:
-            st["bad_evals"] += 1
-        patience_out = self.cfg.patience is not None and st["bad_evals"] >= self.cfg.patience
-        st["stopped_early"] = patience_out and st["step"] < self.total_steps
-        record = {"step": st["step"], "epoch": round(st["step"] / self.steps_per_epoch, 4),
+            st.bad_evals += 1
+        patience_out = self.cfg.patience is not None and st.bad_evals >= self.cfg.patience
+        st.stopped_early = patience_out and st.step < self.total_steps
+        record = {"step": st.step, "epoch": round(st.step / self.steps_per_epoch, 4),
                   "lr": self.scheduler.get_last_lr()[0], "val": metrics, "val_score": score, "best": improved,
-                  "bad_evals": st["bad_evals"], "train_loss": st["loss_sum"] / max(1, st["loss_count"])}
-        st.update(loss_sum=0.0, loss_count=0)
+                  "bad_evals": st.bad_evals, "train_loss": st.loss_sum / max(1, st.loss_count)}
+        st.loss_sum, st.loss_count = 0.0, 0
         if self.acc.is_main_process:
             append_jsonl(self.out / "metrics.jsonl", record)
         return record
 
     def wall_time(self) -> float:
         """Seconds of wall time over every session of this run (up to the last checkpoint for killed ones)."""
-        return self.state["wall_time_s"] + time.perf_counter() - self.session_start
+        return self.state.wall_time_s + time.perf_counter() - self.session_start
 
     def checkpoint(self) -> None:
         """Write the checkpoint (main process only)."""
         if self.acc.is_main_process:
-            state = {**self.state, "wall_time_s": self.wall_time()}
+            state = replace(self.state, wall_time_s=self.wall_time())
             save_checkpoint(self.out, self.unwrapped, self.optimizer, self.scheduler, self.best, state)
-        self.checkpoint_step = self.state["step"]
+        self.checkpoint_step = self.state.step
         self.acc.wait_for_everyone()
 
     def resume(self) -> None:
@@ -256,32 +253,33 @@ class Run:
                 (self.out / "metrics.jsonl").unlink(missing_ok=True)
             return
         self.state, self.best = loaded
-        self.state = {**EARLY_STOP_STATE, **self.state}  # checkpoints written before early stopping existed
-        self.checkpoint_step = self.state["step"]
+        self.checkpoint_step = self.state.step
         self.session_start = time.perf_counter()
-        records = [r for r in read_jsonl(self.out / "metrics.jsonl") if r["step"] <= self.state["step"]]
+        records = [r for r in read_jsonl(self.out / "metrics.jsonl") if r["step"] <= self.state.step]
         if self.acc.is_main_process:
             write_text(self.out / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
         if not self.cfg.quiet and self.acc.is_main_process:
-            print(f"resuming from step {self.state['step']} of {self.total_steps}")
+            print(f"resuming from step {self.state.step} of {self.total_steps}")
 
     def loop(self, on_step: Callable[[int], None] | None = None) -> None:
         """Train until the last step or an early stop, evaluating and checkpointing on schedule."""
         from tqdm.auto import tqdm
 
         cfg, st = self.cfg, self.state
-        bar = tqdm(total=self.total_steps, initial=st["step"], unit="step", dynamic_ncols=True,
+        bar = tqdm(total=self.total_steps, initial=st.step, unit="step", dynamic_ncols=True,
                    desc=f"{cfg.task} {cfg.method}", disable=cfg.quiet or not self.acc.is_main_process)
         self.model.train()
-        while st["step"] < self.total_steps and not st["stopped_early"]:
+        while st.step < self.total_steps and not st.stopped_early:
             t0 = time.perf_counter()
-            loss, n = self.train_step(st["step"])
-            st["train_time_s"] += time.perf_counter() - t0
-            st.update(step=st["step"] + 1, examples=st["examples"] + n, loss_sum=st["loss_sum"] + loss,
-                      loss_count=st["loss_count"] + 1)
+            loss, n = self.train_step(st.step)
+            st.train_time_s += time.perf_counter() - t0
+            st.step += 1
+            st.examples += n
+            st.loss_sum += loss
+            st.loss_count += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{st['examples'] / max(st['train_time_s'], 1e-9):.1f}")
-            step, last = st["step"], st["step"] == self.total_steps
+            bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{st.examples / max(st.train_time_s, 1e-9):.1f}")
+            step, last = st.step, st.step == self.total_steps
             evaluate = last or (step % cfg.eval_every == 0 if cfg.eval_every else step % self.steps_per_epoch == 0)
             if evaluate:
                 self.evaluate()
@@ -316,14 +314,14 @@ class Run:
         return {
             "task": cfg.task, "method": cfg.method, "model": cfg.model, "seed": cfg.seed, "lr": cfg.lr,
             "head_lr": cfg.effective_head_lr,
-            "metric": metric, "val_score": st["best_score"], "test_score": test.get(metric),
-            "val_metrics": st["best_val"], "test_metrics": test,
+            "metric": metric, "val_score": st.best_score, "test_score": test.get(metric),
+            "val_metrics": st.best_val, "test_metrics": test,
             "trainable_params": self.counts["trainable"], "head_params": self.counts["head"],
             "base_params": self.counts["base"],
-            "examples_per_sec": st["examples"] / max(st["train_time_s"], 1e-9), "train_time_s": st["train_time_s"],
-            "wall_time_s": self.wall_time(), "best_step": st["best_step"], "total_steps": self.total_steps,
-            "epochs": cfg.epochs, "epochs_run": round(st["step"] / self.steps_per_epoch, 4), "steps_run": st["step"],
-            "stopped_early": st["stopped_early"], "patience": cfg.patience, "head": cfg.head,
+            "examples_per_sec": st.examples / max(st.train_time_s, 1e-9), "train_time_s": st.train_time_s,
+            "wall_time_s": self.wall_time(), "best_step": st.best_step, "total_steps": self.total_steps,
+            "epochs": cfg.epochs, "epochs_run": round(st.step / self.steps_per_epoch, 4), "steps_run": st.step,
+            "stopped_early": st.stopped_early, "patience": cfg.patience, "head": cfg.head,
             "head_modules": self.heads, "group_by_length": cfg.group_by_length,
             "train_size": len(self.train_enc), "val_size": len(self.val_enc),
             "test_size": sum(len(e) for e in self.test_encs.values()),

@@ -7,13 +7,14 @@ import math
 import numbers
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..config import COND_FORMS
 from ..errors import ConfigError
-from .files import DATA_FIELDS, configure_data
 from .method_defaults import applies, method_defaults
-from .methods import METHODS
+from .methods import RUN_METHODS, MethodSetup
 from .models import HEADS
+from .owndata import DATA_FIELDS, configure_data
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 NOT_RUN_FIELDS = ("quiet", "resume", "overwrite", "trust_remote_code")
@@ -38,7 +39,7 @@ class TrainConfig:
         output_dir: run folder (config.json, metrics.jsonl, results.json, checkpoint/, best adapter).
         glue_dir: GLUE TSV folder; default $CONDLORA_GLUE_DIR, else the hub via `datasets`.
         train_file, validation_file, test_file: own data instead of a GLUE task (.csv, .tsv, .jsonl/.json);
-            then `task` names it (default: the train file's name). See `condlora.runner.files`.
+            then `task` names it (default: the train file's name). See `condlora.runner.owndata`.
         text_columns, label_column, metric: own data's one or two text columns, label column (default label)
             and main metric (accuracy, f1, mcc, pearson, spearman; default accuracy or pearson).
         data_sha256: set from the files (role -> SHA-256), so a run on changed files is another run.
@@ -116,9 +117,9 @@ class TrainConfig:
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
-        self.task = configure_data(self)  # a GLUE task, or own data files (runner/files.py)
-        if self.method not in METHODS:
-            raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
+        self.task = configure_data(self)  # a GLUE task, or own data files (runner/owndata.py)
+        if self.method not in RUN_METHODS:
+            raise ConfigError(f"method must be one of {', '.join(RUN_METHODS)}; got {self.method!r}")
         self._method_settings()
         if self.cond_form not in COND_FORMS:
             raise ConfigError(f"cond_form must be one of {', '.join(COND_FORMS)}; got {self.cond_form!r}")
@@ -175,10 +176,27 @@ class TrainConfig:
         """The learning rate the classification head trains with."""
         return self.lr if self.head_lr is None else self.head_lr
 
+    def method_setup(self, target_modules: list[str] | None = None) -> MethodSetup:
+        """What `setup_method` needs of this run (`target_modules`: the model's names for them, if other)."""
+        return MethodSetup(self.method, self.r, self.alpha, self.dropout, list(target_modules or self.target_modules),
+                           self.seed, self.cond_form, self.head, self.n_frequency, self.fourier_scaling)
+
     def run_dict(self) -> dict:
         """The settings that define the run (flags like quiet/resume/overwrite left out)."""
         return {k: v for k, v in dataclasses.asdict(self).items()
                 if k not in NOT_RUN_FIELDS and not (k in DATA_FIELDS and v is None)}
+
+
+def study_task(tasks: str | list[str] | None, run_args: dict[str, Any]) -> list[str]:
+    """StudySettings hook for own data: the one task's name; adds the files' SHA-256 to run_args."""
+    names = [tasks] if isinstance(tasks, str) else list(tasks or [])
+    if len(names) > 1:
+        raise ConfigError(f"a study on own files has one task; got {', '.join(names)}")
+    if not run_args.get("test_file"):
+        raise ConfigError("a study on own files needs --test-file: its tables compare test scores")
+    cfg = TrainConfig(**{**run_args, "task": names[0] if names else None})
+    run_args["data_sha256"] = cfg.data_sha256
+    return [cfg.task]
 
 
 def accelerate_precision() -> str:

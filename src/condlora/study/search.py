@@ -12,6 +12,7 @@ import math
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,37 @@ from ..config import mix_seed
 from ..errors import CondLoRAError, ConfigError
 from .runs import RunFn, finished_run, run_config, run_once, same_lr, same_run, train_run
 
-__all__ = ["LR_RANGE", "parse_lrs", "search_lr"]
+__all__ = ["LR_RANGE", "SearchSetup", "parse_lrs", "search_grid", "search_lr"]
 
 LR_RANGE = (1e-5, 3e-3)
 MAX_EXTEND = 2  # LRs a grid search adds past its edges when the best LR sits at one
 # run arguments that may differ between workers or re-runs of one study
 NOT_IDENTITY = ("quiet", "glue_dir", "trust_remote_code")
+
+
+@dataclass
+class SearchSetup:
+    """Where and how LR searches run (the same for every task x method of one study).
+
+    Attributes:
+        storage: Optuna storage URL (the study is resumable and shared through it).
+        output_dir: the study folder; trials train under `<output_dir>/search/<task>/<method>/trial<k>`.
+        run_fn: trains one run from its config dict (default: `condlora train` in this process).
+        seed: the search seed (the seed every trial trains with, and the TPE sampler's).
+        progress: a tqdm-like bar updated once per completed trial, or None.
+        heartbeat: seconds between a trial's heartbeats; trials silent for 3 heartbeats are failed and retried.
+        poll_s: seconds between checks for other workers' running trials.
+        catch: errors that end one trial instead of the search (default: a diverged training).
+    """
+
+    storage: str
+    output_dir: str | Path
+    run_fn: RunFn | None = None
+    seed: int = 0
+    progress: Any = None
+    heartbeat: int = 60
+    poll_s: float = 5.0
+    catch: tuple[type[Exception], ...] | None = None
 
 
 def parse_lrs(text: str | Sequence[float], flag: str) -> list[float]:
@@ -110,35 +136,31 @@ def _summary(study, task: str, method: str) -> dict[str, Any]:
             "trials": trials}
 
 
-def search_lr(task: str, method: str, base_cfg: dict[str, Any], n_trials: int, storage: str,
-              output_dir: str | Path, run_fn: RunFn | None = None, seed: int = 0, progress=None,
-              heartbeat: int = 60, poll_s: float = 5.0, catch: tuple[type[Exception], ...] | None = None,
+def search_lr(task: str, method: str, base_cfg: dict[str, Any], n_trials: int, setup: SearchSetup, *,
               lr_range: tuple[float, float] = LR_RANGE, grid: Sequence[float] | None = None,
               extra: Sequence[float] = ()) -> dict[str, Any]:
     """Search the LR maximizing the validation score: TPE (log-uniform in `lr_range`), or every LR of `grid`.
 
-    Resumable and shareable: the study lives in `storage`; every worker calling this with the same arguments
-    adds trials until `n_trials` (with a grid: one per grid LR) are complete in total. In a TPE search a trial
-    raising `catch` (default: a diverged training) fails and is replaced; in a grid it scores -inf.
+    Resumable and shareable: the study lives in `setup.storage`; every worker calling this with the same
+    arguments adds trials until `n_trials` (with a grid: one per grid LR) are complete in total. In a TPE search
+    a trial raising `setup.catch` (default: a diverged training) fails and is replaced; in a grid it scores -inf.
     `extra`: LRs tried after the grid's in the same search (`search_grid` extends a grid past its edge).
     Returns the best LR, its score, the run folder of the best trial and every trial.
     """
     import optuna
     from optuna.trial import TrialState
 
-    if run_fn is None:
-        run_fn = train_run
-
+    run_fn, seed = setup.run_fn or train_run, setup.seed
     grid = sorted(set(grid)) if grid else None
     queue = [*grid, *(lr for lr in extra if lr not in grid)] if grid else []
     lo, hi = (min(queue), max(queue)) if grid else lr_range
     n_trials = len(queue) if grid else n_trials
     space = {"lr_grid": grid} if grid else {"lr_range": list(lr_range)}
-    study = _open_study(task, method, base_cfg, _storage(storage, heartbeat), seed, space)
-    catch = _diverged_errors() if catch is None else catch
+    study = _open_study(task, method, base_cfg, _storage(setup.storage, setup.heartbeat), seed, space)
+    catch = _diverged_errors() if setup.catch is None else setup.catch
     for lr in queue:
         study.enqueue_trial({"lr": lr}, skip_if_exists=True)
-    root = Path(output_dir) / "search" / task / method
+    root = Path(setup.output_dir) / "search" / task / method
     live = (TrialState.COMPLETE, TrialState.RUNNING)
 
     def objective(trial: optuna.Trial) -> float:
@@ -153,11 +175,11 @@ def search_lr(task: str, method: str, base_cfg: dict[str, Any], n_trials: int, s
         run_dir = trial_dir(root, trial.number, method, seed, lr, trial.user_attrs.get("run_dir"))
         cfg = {**base_cfg, "task": task, "method": method, "seed": seed, "lr": lr, "output_dir": run_dir}
         score = _run_trial(trial, cfg, run_fn, catch if grid else ())
-        if progress is not None:
-            progress.update(1)
+        if setup.progress is not None:
+            setup.progress.update(1)
         return score
 
-    _optimize(study, objective, n_trials, catch, poll_s, progress, f"{task}/{method}", root)
+    _optimize(study, objective, n_trials, catch, setup, f"{task}/{method}", root)
     return _summary(study, task, method)
 
 
@@ -186,9 +208,8 @@ def next_lr(best: float, lrs: Sequence[float]) -> float | None:
     return float(f"{a * a / b:.3g}")
 
 
-def search_grid(task: str, method: str, base_cfg: dict[str, Any], grid: Sequence[float], storage: str,
-                output_dir: str | Path, run_fn: RunFn | None = None, max_extend: int = MAX_EXTEND,
-                **kwargs: Any) -> dict[str, Any]:
+def search_grid(task: str, method: str, base_cfg: dict[str, Any], grid: Sequence[float], setup: SearchSetup,
+                max_extend: int = MAX_EXTEND) -> dict[str, Any]:
     """`search_lr` over `grid`, extended one LR at a time while the best sits at an edge (`max_extend` at most).
 
     Resumes like `search_lr`: LRs added by an earlier call are found again, in the same order, and completed
@@ -196,7 +217,7 @@ def search_grid(task: str, method: str, base_cfg: dict[str, Any], grid: Sequence
     """
     extra: list[float] = []
     while True:
-        found = search_lr(task, method, base_cfg, 0, storage, output_dir, run_fn, grid=grid, extra=extra, **kwargs)
+        found = search_lr(task, method, base_cfg, 0, setup, grid=grid, extra=extra)
         trials = sorted((t for t in found["trials"] if t["lr"] is not None), key=lambda t: t["number"])
         earlier = list(dict.fromkeys(t["lr"] for t in trials if t["lr"] not in grid))
         if earlier != extra:  # an earlier call's extension, maybe unfinished: complete it before deciding
@@ -226,18 +247,18 @@ def _run_trial(trial, cfg: dict[str, Any], run_fn: RunFn, diverged: tuple[type[E
     return float(result["val_score"])
 
 
-def _optimize(study, objective, n_trials: int, catch, poll_s: float, progress, what: str, root: Path) -> None:
+def _optimize(study, objective, n_trials: int, catch, setup: SearchSetup, what: str, root: Path) -> None:
     """Run trials until `n_trials` are complete in the storage (with every worker), retrying failed ones."""
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
     count = lambda *states: len(study.get_trials(deepcopy=False, states=states))  # noqa: E731
-    if progress is not None:
-        progress.update(min(n_trials, count(TrialState.COMPLETE)))
+    if setup.progress is not None:
+        setup.progress.update(min(n_trials, count(TrialState.COMPLETE)))
     while (remaining := n_trials - count(TrialState.COMPLETE)) > 0:
         if count(TrialState.FAIL) > 2 * n_trials:
             raise CondLoRAError(f"LR search for {what}: {count(TrialState.FAIL)} trials failed; "
                                 f"see the run folders under {root}")
         study.optimize(objective, n_trials=remaining, catch=catch,
                        callbacks=[MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,))])
-        _wait_for_others(study, poll_s)  # their trials may fail (dead worker): then the loop retries them
+        _wait_for_others(study, setup.poll_s)  # their trials may fail (dead worker): then the loop retries them

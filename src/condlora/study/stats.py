@@ -170,7 +170,7 @@ def majority_baseline(metric: str, labels: Sequence) -> float:
 
 def trivial_baseline(task: str, glue_dir: str | None = None, max_eval_samples: int | None = None) -> float:
     """The trivial baseline of `task` on the test set a run scores (same subsample; MNLI: matched part)."""
-    from ..runner.data import get_task, load_glue, subsample
+    from ..runner.glue import get_task, load_glue, subsample
 
     spec = get_task(task)
     if spec.metric != "accuracy":

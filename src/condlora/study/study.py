@@ -36,7 +36,7 @@ from .runs import (
     same_run,
     train_run,
 )
-from .search import LR_RANGE, NOT_IDENTITY, parse_lrs, search_grid, search_lr
+from .search import LR_RANGE, NOT_IDENTITY, SearchSetup, parse_lrs, search_grid, search_lr
 from .stats import Gate, gate, mean_ci, trivial_baseline
 from .tables import METHOD_LABELS, TASK_LABELS, paired_ttest, settings_line, table_score, write_tables
 
@@ -44,7 +44,7 @@ __all__ = ["PAPER_LR", "StudySettings", "paired_ttest", "parse_seeds", "run_once
            "search_lr", "tables_only", "write_tables"]
 
 TASKS = tuple(TASK_LABELS)
-METHODS = tuple(METHOD_LABELS)
+STUDY_METHODS = tuple(METHOD_LABELS)  # the methods a study can compare: each has its table label
 # Learning rates hard-coded by the authors, per task: (LoRA, CondLoRA). Source: github.com/CyberAgentAILab/
 # CondLoRA, experiments/<task>/train.sh (commit 07589eb), `LR=` for lora_type lora / conditional_lora.
 PAPER_LR = {
@@ -136,13 +136,13 @@ class StudySettings:
     run_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.run_args.get("train_file"):  # own data files: one task (runner/files.py)
-            from ..runner.files import study_task
+        if self.run_args.get("train_file"):  # own data files: one task (runner/owndata.py)
+            from ..runner.train_config import study_task
 
             self.tasks = study_task(self.tasks, self.run_args)
         else:
             self.tasks = parse_names(self.tasks, TASKS, "task")
-        self.methods = parse_names(self.methods, METHODS, "method")
+        self.methods = parse_names(self.methods, STUDY_METHODS, "method")
         self.seeds = parse_seeds(self.seeds)
         if self.lr_search is not None and self.lr_search < 1:
             raise ConfigError(f"--lr-search must be >= 1 trial, got {self.lr_search}")
@@ -201,11 +201,10 @@ def choose_lr(task: str, method: str, s: StudySettings, base_cfg: dict[str, Any]
     if s.searched:
         storage = s.storage or f"sqlite:///{Path(s.output_dir).resolve() / 'search' / 'optuna.db'}"
         Path(s.output_dir, "search").mkdir(parents=True, exist_ok=True)
+        setup = SearchSetup(storage, s.output_dir, run_fn, seed=s.search_seed, progress=progress)
         if s.grid(method):  # the grid grows past an edge where the best LR sits
-            return search_grid(task, method, base_cfg, s.grid(method), storage, s.output_dir, run_fn,
-                               seed=s.search_seed, progress=progress)
-        return search_lr(task, method, base_cfg, s.n_trials, storage, s.output_dir, run_fn,
-                         seed=s.search_seed, progress=progress, lr_range=s.lr_range)
+            return search_grid(task, method, base_cfg, s.grid(method), setup)
+        return search_lr(task, method, base_cfg, s.n_trials, setup, lr_range=s.lr_range)
     if s.lr_preset and (task, method) in PRESETS[s.lr_preset]:
         return {"lr": PRESETS[s.lr_preset][(task, method)], "source": f"preset {s.lr_preset}"}
     if s.lr is not None:

@@ -116,8 +116,11 @@ class Examples:
 
 
 @dataclass
-class GlueData:
-    """The paper's three sets: train (90% of GLUE train), validation (10%), test (official dev, per part)."""
+class TaskData:
+    """A task's three sets: train (GLUE: 90% of train), validation (GLUE: the other 10%), test (per part).
+
+    `load_glue` fills it from a GLUE task (test: the official dev sets), `owndata.load_files` from own files.
+    """
 
     task: GlueTask
     train: Examples
@@ -229,7 +232,7 @@ def load_hub(task: GlueTask) -> tuple[Examples, dict[str, Examples]]:
     return _hub_examples(ds["train"], task), {p: _hub_examples(ds[s], task) for p, s in parts.items()}
 
 
-def load_glue(task_name: str, glue_dir: str | os.PathLike | None = None) -> GlueData:
+def load_glue(task_name: str, glue_dir: str | os.PathLike | None = None) -> TaskData:
     """The paper's train / validation / test sets of a GLUE task, from `glue_dir` (or $CONDLORA_GLUE_DIR)
     when given, else from the hub."""
     task = get_task(task_name)
@@ -245,7 +248,7 @@ def load_glue(task_name: str, glue_dir: str | os.PathLike | None = None) -> Glue
         full_train = read_tsv(folder / "train.tsv", task)
         test_parts = {part: read_tsv(folder / name, task) for part, name in task.test_files.items()}
     train, val = split_train(full_train)
-    return GlueData(task, train, val, test_parts)
+    return TaskData(task, train, val, test_parts)
 
 
 def subsample(examples: Examples, n: int | None, seed: int = SPLIT_SEED) -> Examples:

@@ -24,7 +24,7 @@ from condlora.layers import base_weight, draw_matrix, module_seed, set_fast_path
 from condlora.serialization import read_config
 from conftest import MODELS, logits, moved_after_sgd, perturb, tiny_bert, tiny_llama
 
-METHODS = ["lora", "condlora"]
+ADAPTER_KINDS = ["lora", "condlora"]
 BERT_QV = [f"bert.encoder.layer.{i}.attention.self.{m}" for i in (0, 1) for m in ("query", "value")]
 GEN = "condlora_generators.bert_encoder_layer_attention_self_"
 
@@ -83,7 +83,7 @@ def test_frozen_b_is_a_seeded_orthonormal_draw_apart_from_a():
 
 
 @pytest.mark.parametrize("arch", sorted(MODELS))
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ADAPTER_KINDS)
 def test_identity_at_init_then_differs(arch, method, ids):
     build, targets = MODELS[arch]
     base = build()
@@ -94,7 +94,7 @@ def test_identity_at_init_then_differs(arch, method, ids):
     assert not torch.allclose(logits(model, ids), logits(base, ids), atol=1e-5, rtol=1e-3)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ADAPTER_KINDS)
 def test_only_a_and_head_move(method, ids):
     model = a_only(tiny_bert, method, modules_to_save=["classifier"])
     moved, before = moved_after_sgd(model, ids)
@@ -103,7 +103,7 @@ def test_only_a_and_head_move(method, ids):
     assert all(torch.equal(p, before[n]) for n, p in frozen_b(model).items())
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ADAPTER_KINDS)
 def test_fast_path_gradients_match_reference(method, ids):
     model = a_only(tiny_bert, method)
     perturb(model, "A")
@@ -118,7 +118,7 @@ def test_fast_path_gradients_match_reference(method, ids):
         torch.testing.assert_close(grads[0][n], grads[1][n], atol=1e-6, rtol=1e-4)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ADAPTER_KINDS)
 def test_round_trip_under_a_different_seed(tmp_path, method, ids):
     model = a_only(tiny_bert, method, modules_to_save=["classifier"])
     perturb(model, "A")
@@ -162,7 +162,7 @@ def test_config_saved_before_train_b_loads_with_defaults(tmp_path, ids):
 
 
 @pytest.mark.parametrize("arch", sorted(MODELS))
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ADAPTER_KINDS)
 def test_export_loads_in_real_peft(tmp_path, arch, method, ids):
     build, targets = MODELS[arch]
     save = ["classifier"] if arch in ("bert", "roberta", "distilbert") else None
@@ -176,7 +176,7 @@ def test_export_loads_in_real_peft(tmp_path, arch, method, ids):
 
 
 @pytest.mark.parametrize("arch", sorted(MODELS))
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ADAPTER_KINDS)
 def test_merge_equivalence(arch, method, ids):
     build, targets = MODELS[arch]
     model = a_only(build, method, targets)

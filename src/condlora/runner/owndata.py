@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CondLoRAError, ConfigError
-from .data import TASKS, Examples, GlueData, TaskLabels, decode_utf8, get_task, split_train
+from .glue import TASKS, Examples, TaskData, TaskLabels, decode_utf8, get_task, split_train
 
 FORMATS = {".csv": ",", ".tsv": "\t", ".jsonl": None, ".json": None}
 ROLES = {"train": "train_file", "validation": "validation_file", "test": "test_file"}
@@ -294,7 +294,7 @@ def _metric(flag: str | None, labels: tuple | None, path: str) -> str:
     return name
 
 
-def load_files(cfg) -> GlueData:
+def load_files(cfg) -> TaskData:
     """Train / validation / test sets of cfg's own files (a validated `TrainConfig` with `train_file`)."""
     train = read_table(cfg.train_file)
     label_col = cfg.label_column or DEFAULT_LABEL
@@ -309,7 +309,7 @@ def load_files(cfg) -> GlueData:
     else:
         train_set, val = split_train(full)
     test = {"test": to_examples(read_table(cfg.test_file), task)} if cfg.test_file else {}
-    return GlueData(task, train_set, val, test)
+    return TaskData(task, train_set, val, test)
 
 
 def task_record(task) -> dict[str, Any]:
@@ -372,16 +372,3 @@ def configure_data(cfg) -> str:
     cfg.data_sha256 = file_hashes(cfg)
     return _task_name(cfg.task, cfg.train_file)
 
-
-def study_task(tasks: str | list[str] | None, run_args: dict[str, Any]) -> list[str]:
-    """StudySettings hook for own data: the one task's name; adds the files' SHA-256 to run_args."""
-    from .train_config import TrainConfig
-
-    names = [tasks] if isinstance(tasks, str) else list(tasks or [])
-    if len(names) > 1:
-        raise ConfigError(f"a study on own files has one task; got {', '.join(names)}")
-    if not run_args.get("test_file"):
-        raise ConfigError("a study on own files needs --test-file: its tables compare test scores")
-    cfg = TrainConfig(**{**run_args, "task": names[0] if names else None})
-    run_args["data_sha256"] = cfg.data_sha256
-    return [cfg.task]
