@@ -81,7 +81,7 @@ def _seed_dirs(out: Path) -> list[dict[str, Any]]:
     """Every finished run under out/runs/<task>/<method>/seed<k> (folders moved aside, seed<k>-lr..., left out)."""
     runs = []
     for d in sorted(out.glob("runs/*/*/seed*")):
-        if d.name[4:].isdigit() and (done := finished_run(d)) is not None:
+        if d.name[4:].isdigit() and "test_score" in (done := finished_run(d) or {}):
             runs.append({**done, "task": d.parent.parent.name, "method": d.parent.name, "seed": int(d.name[4:]),
                          "run_dir": str(d)})
     return runs
