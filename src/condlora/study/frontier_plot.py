@@ -7,7 +7,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .plots import _pyplot, _save
+from ..fileio import atomic_write
+from .plots import _pyplot
 from .tables import METHOD_LABELS, TASK_LABELS
 
 if TYPE_CHECKING:
@@ -35,9 +36,9 @@ def label_offsets(anchors: list[tuple[float, float]], widths: list[float], heigh
                   left_side: list[bool] | None = None) -> list[tuple[float, float, str]]:
     """(dx, dy, ha) in points per label anchored at display points `anchors`: right of its point (left of it where
     `left_side` says so or it would cross `right_edge`), shifted up or down by whole label heights until it
-    overlaps no placed label."""
+    overlaps no placed label and no point's marker."""
     order = sorted(range(len(anchors)), key=lambda i: anchors[i][1])
-    placed: list[tuple[float, float, float, float]] = []
+    placed = [(x - 4, y - 4, x + 4, y + 4) for x, y in anchors]  # the markers
     out: dict[int, tuple[float, float, str]] = {}
     for i in order:
         (x, y), w = anchors[i], widths[i]
@@ -79,28 +80,35 @@ def _limits(ax, pts: list[tuple[float, float, float]], xlim: tuple[float, float]
     ax.set_ylim(lo - pad, hi + pad)
 
 
-def _panel(ax, points: list[Point], key: str, title: str, xlim: tuple[float, float]) -> None:
-    """One panel: every point with a score on `key` (task or "avg"), its CI bar, and its label."""
+def _panel(ax, points: list[Point], key: str, title: str, xlim: tuple[float, float]
+           ) -> tuple[list[Point], list[float], list[bool]]:
+    """One panel: every point with a score on `key` (task or "avg") and its CI bar; returns the points drawn,
+    their x and whether each is the left one of rows of equal size."""
     shown = [p for p in points if p.params and p.summary[key].n > 0 and not math.isnan(p.summary[key].mean)]
     ax.set_xscale("log")
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="major", lw=0.3, alpha=0.5)
     if not shown:
         ax.text(0.5, 0.5, "no runs yet", ha="center", va="center", transform=ax.transAxes, fontsize=8)
-        return
+        return [], [], []
     xs, lefts = dodged([p.params for p in shown])
     for p, x in zip(shown, xs, strict=True):
         s, (colour, marker, hollow) = p.summary[key], _style(p.method)
         ax.errorbar(x, s.mean, yerr=None if math.isnan(s.half) else s.half, fmt=marker, ms=5, capsize=3,
                     color=colour, mfc="white" if hollow else colour, lw=1, zorder=3)
     _limits(ax, [(x, p.summary[key].mean, p.summary[key].half) for p, x in zip(shown, xs, strict=True)], xlim)
+    return shown, xs, lefts
+
+
+def _labels(ax, key: str, shown: list[Point], xs: list[float], lefts: list[bool]) -> None:
+    """The points' labels, placed once the layout is final (positions are measured on the figure)."""
     fig = ax.figure
     to_pt = 72.0 / fig.dpi
     anchors = [tuple(v * to_pt for v in ax.transData.transform((x, p.summary[key].mean)))
                for p, x in zip(shown, xs, strict=True)]
     texts = [_label(p, key) for p in shown]
     right = ax.transAxes.transform((1, 1))[0] * to_pt
-    offsets = label_offsets(anchors, [0.56 * FONT * len(t) for t in texts], 1.25 * FONT, right, lefts)
+    offsets = label_offsets(anchors, [0.6 * FONT * len(t) + 4 for t in texts], 1.5 * FONT, right, lefts)
     for p, x, text, (dx, dy, ha) in zip(shown, xs, texts, offsets, strict=True):
         arrow = {"arrowstyle": "-", "lw": 0.4, "color": "grey"} if dy else None
         ax.annotate(text, (x, p.summary[key].mean), xytext=(dx, dy), textcoords="offset points", ha=ha,
@@ -125,14 +133,15 @@ def plot_frontier(f: Frontier, path: str | Path) -> None:
     keys = [*f.tasks, "avg"]
     ncols = min(3, len(keys) + 1)
     nrows = math.ceil((len(keys) + 1) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.9 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.2 * nrows), squeeze=False)
     flat = list(axes.flat)
     learned = ", ".join(TASK_LABELS.get(k, k) for k in f.table.learned)
     sizes = [p.params for p in f.points if p.params] or [1]
     xlim = (min(sizes) / 2.0, max(sizes) * 2.5)  # the same in every panel
+    drawn = []
     for ax, key in zip(flat, keys, strict=False):
         title = f"Avg. ({learned})" if key == "avg" else TASK_LABELS.get(key, key)
-        _panel(ax, f.points, key, title, xlim)
+        drawn.append((ax, key, *_panel(ax, f.points, key, title, xlim)))
     _notes(flat[len(keys)], f)
     for ax in flat[len(keys) + 1:]:
         ax.axis("off")
@@ -140,4 +149,8 @@ def plot_frontier(f: Frontier, path: str | Path) -> None:
         ax.set_ylabel("test score x100")
     for ax in flat[:len(keys)]:
         ax.set_xlabel("trainable adapter parameters", fontsize=8)
-    _save(fig, path)
+    fig.tight_layout()
+    for args in drawn:
+        _labels(*args)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))  # no second layout: labels are placed
+    plt.close(fig)
