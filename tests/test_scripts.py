@@ -86,7 +86,7 @@ def test_frontier_copies_the_converged_records_and_gives_each_row_its_own_grid(t
     env = {"SKIP_INSTALL": "1", "MAIN": str(main)}
     done = run_common(tmp_path, f"PYTHON={fake_python} bash scripts/frontier.sh", **env)
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "pip-calls").read_text() == ""  # SKIP_INSTALL=1: no scripts/install.sh
+    assert "pip" not in (tmp_path / "pip-calls").read_text()  # SKIP_INSTALL=1: no scripts/install.sh
     out = tmp_path / "out"
     assert json.loads((out / "runs/mrpc/lora/seed0/results.json").read_text()) == {"method": "lora"}
     assert (out / "search/mrpc/condlora-general/trial0/results.json").is_file()
@@ -98,5 +98,44 @@ def test_frontier_copies_the_converged_records_and_gives_each_row_its_own_grid(t
         assert "--lr-grid auto " in c and "1e-3" not in c and f"--output-dir {out} " in c
         assert f"--methods {methods} --seeds 3 --quiet" in c
     (out / "runs/mrpc/lora/seed0/results.json").write_text("{}")  # a re-run keeps what is there
-    assert run_common(tmp_path, "bash scripts/frontier.sh", **env).returncode == 0
+    assert run_common(tmp_path, f"PYTHON={fake_python} bash scripts/frontier.sh", **env).returncode == 0
     assert (out / "runs/mrpc/lora/seed0/results.json").read_text() == "{}"
+
+
+FAKE_FRONTIER = """#!/usr/bin/env bash
+echo "$*" >> "$CALLS"
+case "$*" in *--near*) echo "$NEAR";; esac
+"""
+
+
+def test_frontier_part_b_extends_the_rows_near_the_reference_once_and_draws_the_frontier(tmp_path):
+    fake_python = tmp_path / "python"
+    fake_python.write_text(FAKE_FRONTIER)
+    fake_python.chmod(0o755)
+    env = {"SKIP_INSTALL": "1", "MAIN": str(tmp_path / "none"), "NEAR": "condlora-general,lora-r2,vera"}
+    done = run_common(tmp_path, f"PYTHON={fake_python} bash scripts/frontier.sh", **env)
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "out"
+    calls = [c for c in (tmp_path / "calls").read_text().splitlines() if "--status" not in c]
+    assert calls[2] == f"-m condlora.study.frontier {out} --tasks mrpc,stsb,cola,sst2 --near 1.5"
+    assert [c.split("--methods ")[1] for c in calls[3:5]] == ["condlora-general,lora-r2,vera --seeds 5 --quiet"] * 2
+    assert calls[5].startswith("study ") and "--seeds 3" in calls[5]  # the tables over every seed on disk
+    assert calls[6] == (f"-m condlora.study.frontier {out} --tasks mrpc,stsb,cola,sst2 "
+                        f"--extra-runs docs/results/asymmetry --output {out}")
+    assert (out / "part-b-methods").read_text() == "condlora-general,lora-r2,vera\n"
+    (tmp_path / "calls").unlink()  # a re-run extends the same rows, whatever the averages say now
+    env.update(NEAR="condlora-general", EXTRA_RUNS=str(tmp_path / "none"))
+    assert run_common(tmp_path, f"PYTHON={fake_python} bash scripts/frontier.sh", **env).returncode == 0
+    calls = [c for c in (tmp_path / "calls").read_text().splitlines() if "--status" not in c]
+    assert not any("--near" in c for c in calls)
+    assert sum("--methods condlora-general,lora-r2,vera --seeds 5" in c for c in calls) == 2
+    assert calls[-1] == f"-m condlora.study.frontier {out} --tasks mrpc,stsb,cola,sst2 --output {out}"
+
+
+def test_frontier_part_b_is_skipped_when_no_row_is_near(tmp_path):
+    fake_python = tmp_path / "python"
+    fake_python.write_text(FAKE_FRONTIER)
+    fake_python.chmod(0o755)
+    env = {"SKIP_INSTALL": "1", "MAIN": str(tmp_path / "none"), "NEAR": "condlora-general"}
+    assert run_common(tmp_path, f"PYTHON={fake_python} bash scripts/frontier.sh", **env).returncode == 0
+    assert "--seeds 5" not in (tmp_path / "calls").read_text()
