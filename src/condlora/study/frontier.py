@@ -19,44 +19,18 @@ import math
 import sys
 import warnings
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import CondLoRAError, ConfigError
 from ..fileio import read_jsonl, write_text
+from .frontier_points import Frontier, Point
 from .runs import finished_run, read_study_record
 from .stats import Summary
-from .tables import METHOD_LABELS, TASK_LABELS, Table2, build_table2, markdown
+from .tables import METHOD_LABELS, TASK_LABELS, build_table2, markdown
 
 __all__ = ["Frontier", "Point", "build_frontier", "frontier_csv", "frontier_markdown", "near_reference",
            "study_runs", "still_improving", "write_frontier"]
-
-
-@dataclass(frozen=True)
-class Point:
-    """One row of the frontier: its adapter size, its score per task (and "avg") and its still-improving runs."""
-
-    method: str
-    params: int | None  # trainable adapter parameters (head apart), the most common count its runs recorded
-    summary: dict[str, Summary]  # task | "avg" -> mean ± CI over seeds (x100)
-    improving: dict[str, tuple[int, int]]  # task | "all" -> (runs still improving at the cap, runs)
-
-    @property
-    def lower_bound(self) -> bool:
-        """Whether most of its runs were still improving at the epoch cap (its score is then a lower bound)."""
-        k, n = self.improving["all"]
-        return n > 0 and 2 * k > n
-
-
-@dataclass(frozen=True)
-class Frontier:
-    """The points of every row with at least one finished run, the tasks, the rows left out, and Table 2."""
-
-    tasks: list[str]
-    points: list[Point]
-    missing: list[str]  # rows without any finished run yet
-    table: Table2
 
 
 def _last_eval_is_best(run_dir: str | None) -> bool:

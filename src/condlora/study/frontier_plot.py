@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..fileio import atomic_write
+from .frontier_points import Frontier, Point
 from .plots import _pyplot
 from .tables import METHOD_LABELS, TASK_LABELS
-
-if TYPE_CHECKING:
-    from .frontier import Frontier, Point
 
 SHORT = {"lora": "LoRA r=8", "condlora": "CondLoRA (paper)", "condlora-general": "CondLoRA (general)",
          "lora-frozen-a": "LoRA B-only", "lora-frozen-b": "LoRA A-only", "condlora-frozen-a": "CondLoRA Θ_B-only",
