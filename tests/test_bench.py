@@ -48,6 +48,50 @@ def test_ratios_table_on_known_numbers():
     assert not any("target" in line or "met" in line.split() for line in lines)
 
 
+def test_floor_column_and_flag():
+    results = {"floor": row(0.8, 90), "base": row(1.0, 100), "lora": row(1.1, 120), "condlora": row(1.0, 110),
+               "infer-base": row(0.5, 10)}
+    head, _, floor, base, lora, condlora, infer = bench.table(results).splitlines()
+    assert "x floor" in head and "1.250" in condlora.split() and "1.375" in lora.split()
+    assert infer.split()[3:6] == ["-", "1.000", "-"]  # x peft, x base, x floor
+    assert "x floor" not in bench.table({"lora": row(1.1, 120)})
+    assert bench_cli.check_args(parse("--methods", "lora,condlora", "--floor")) == ["floor", "lora", "condlora"]
+    assert bench_cli.check_args(parse("--methods", "lora,floor", "--floor")) == ["lora", "floor"]
+
+
+def test_floor_computes_gradients_down_to_the_adapted_outputs_only(monkeypatch):
+    from condlora.bench import worker as bench_worker
+
+    reached = []
+    monkeypatch.setattr(bench_worker._Tap, "backward", staticmethod(lambda ctx, g: reached.append(g) or (None, None)))
+    model = bench_worker.apply_method(tiny_bert(), "floor", 8, 8.0, ["query", "value"])
+    below = []
+    model.bert.embeddings.register_forward_hook(lambda _m, _i, out: below.append(out.requires_grad))
+    out = model(input_ids=torch.randint(5, 90, (2, 6)), labels=torch.tensor([0, 1]))
+    out.loss.backward()
+    assert len(reached) == 4 and all(g.shape == (2, 6, 32) and g.abs().sum() > 0 for g in reached)
+    assert below == [False]  # nothing below the lowest adapted module needs a gradient
+    assert all(p.grad is None for p in model.parameters())
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 0
+
+
+def test_header_names_the_machine(capsys):
+    cpu = bench.machine("cpu")
+    assert cpu["torch"] == torch.__version__ and cpu["cpu"] and "transformers" in cpu and "gpu" not in cpu
+    line = bench.describe(cpu)
+    assert line.startswith("machine: CPU ") and f"torch {torch.__version__}" in line
+    gpu = {**cpu, "gpu": "NVIDIA H200", "gpu_memory_gib": 139.8, "gpu_capability": "9.0", "cuda": "13.0",
+           "cudnn": 91900}
+    assert "NVIDIA H200 (139.8 GiB, compute capability 9.0), CUDA 13.0" in bench.describe(gpu)
+
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["bench", "-h"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "examples per step (default: 16)" in text and "--floor" in text and "(default: query,value)" in text
+
+
 def test_old_flag_spellings_still_parse():
     old = parse("--targets", "q,v", "--dtype", "bf16", "--no-progress", "--methods", "peft-lora")
     new = parse("--target-modules", "q,v", "--precision", "bf16", "--quiet", "--methods", "lora")
@@ -62,13 +106,16 @@ def test_tiny_end_to_end_run(tmp_path, capsys):
     tiny_bert().save_pretrained(folder)
     out = tmp_path / "bench.json"
     args = parse("--model", str(folder), "--batch-size", "2", "--max-length", "8", "--steps", "2", "--warmup", "1",
-                 "--repeats", "2", "--methods", "base,lora,condlora,infer-merged", "--threads", "1",
+                 "--repeats", "2", "--methods", "base,lora,condlora,infer-merged", "--floor", "--threads", "1",
                  "--json", str(out), "--quiet")
     assert bench_cli.main(args) == 0
     data = json.loads(out.read_text())
     res = data["results"]
-    assert set(res) == {"base", "lora", "condlora", "infer-merged"}
+    assert set(res) == {"floor", "base", "lora", "condlora", "infer-merged"}
+    assert data["settings"]["methods"] == "floor,base,lora,condlora,infer-merged"
+    assert data["machine"]["torch"] == torch.__version__ and data["machine"]["cpu"]
     head = 32 * 2 + 2
+    assert res["floor"]["trainable"] == 0
     assert res["base"]["trainable"] == head
     assert res["lora"]["trainable"] == head + 2 * 2 * (8 * 32 + 32 * 8)  # 2 layers x query, value
     assert res["condlora"]["trainable"] == head + 2 * (8 * 32 + 8 * 32)  # one generator per module type
@@ -76,7 +123,8 @@ def test_tiny_end_to_end_run(tmp_path, capsys):
     for r in res.values():
         assert len(r["run_medians_s"]) == 2 and r["step_s"] > 0
         assert r["step_mb"] > 0 and r["rss_peak_mb"] >= 0
-    assert "condlora" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert printed.startswith("machine: CPU ") and "x floor" in printed and "condlora" in printed
 
 
 def test_worker_command_passes_every_flag():
