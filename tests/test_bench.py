@@ -1,7 +1,12 @@
 """`condlora bench`: argument errors, the table on known numbers, one tiny end-to-end run."""
 
 import argparse
+import importlib.util
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +15,8 @@ from condlora.bench import bench
 from condlora.cli import bench as bench_cli
 from condlora.cli import main as cli_main
 from conftest import tiny_bert
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -155,3 +162,61 @@ def test_worker_passes_trust_remote_code_to_the_loader(monkeypatch, flag):
         bench_worker.Runner(bench_worker.parse_args(["--method", "base", "--model", "m", "--batch-size", "1",
                                                      "--max-length", "4", *flag]))
     assert seen == [bool(flag)]
+
+
+def gpu_bench(tmp_path, **env: str) -> subprocess.CompletedProcess:
+    """scripts/gpu-bench.sh run with `env`, its output folder under tmp_path."""
+    full = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable, **env}
+    return subprocess.run(["bash", str(ROOT / "scripts" / "gpu-bench.sh")], env=full, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_gpu_bench_runs_the_five_regimes_on_cuda(tmp_path):
+    done = gpu_bench(tmp_path, GPU_BENCH_PLAN="1")
+    assert done.returncode == 0, done.stderr
+    cmds = [c.split() for c in done.stdout.splitlines()]
+    assert len(cmds) == 5
+    flag = {tuple(c[c.index(f) + 1] for f in ("--precision", "--batch-size", "--max-length")) for c in cmds}
+    assert flag == {("bf16", "16", "128"), ("fp32", "16", "128"), ("bf16", "64", "256"), ("fp32", "64", "256")}
+    compiled = [c for c in cmds if "--compile" in c]
+    assert len(compiled) == 1 and compiled[0][compiled[0].index("--precision") + 1] == "bf16"
+    for i, c in enumerate(cmds, 1):
+        assert c[1:4] == ["-m", "condlora", "bench"] and "--floor" in c
+        assert c[c.index("--model") + 1] == "roberta-base-random" and c[c.index("--device") + 1] == "cuda"
+        assert c[c.index("--repeats") + 1] == "3" and c[c.index("--json") + 1] == str(tmp_path / f"out/regime{i}.json")
+        methods = c[c.index("--methods") + 1].split(",")
+        assert {"base", "lora", "condlora"} <= set(methods)
+        assert ("infer-merged" in methods) == ("--compile" not in c)
+    only = gpu_bench(tmp_path, GPU_BENCH_PLAN="1", GPU_BENCH_ONLY="2,5").stdout.splitlines()
+    assert [line.split("--json ")[1] for line in only] == [str(tmp_path / f"out/regime{i}.json") for i in (2, 5)]
+
+
+def test_gpu_bench_dry_run_writes_the_summary(tmp_path):
+    done = gpu_bench(tmp_path, GPU_BENCH_DRY="1", GPU_BENCH_ONLY="2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = tmp_path / "out"
+    data = json.loads((out / "regime2.json").read_text())
+    assert set(data["results"]) == {"floor", "lora", "condlora", "infer-merged"}
+    assert data["settings"]["precision"] == "fp32" and data["machine"]["cpu"]
+    summary = (out / "summary.md").read_text()
+    assert summary.startswith("Machine: CPU ") and summary in done.stdout
+    row = next(line for line in summary.splitlines() if line.startswith("| fp32, batch 2, length 8 |"))
+    assert len(row.split("|")) == 13 and row.count(" - ") == 3  # base, native LoRA, native x peft did not run
+    assert "x floor" in (out / "regime2.log").read_text()
+
+
+def test_gpu_bench_table_on_known_numbers(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("gpu_bench_table", ROOT / "scripts" / "gpu_bench_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = {"floor": row(0.010, 50), "base": row(0.012, 60), "lora": row(0.020, 100), "condlora": row(0.018, 90),
+               "infer-base": row(0.004, 1), "infer-merged": row(0.005, 1)}
+    settings = {"precision": "bf16", "batch_size": 16, "max_length": 128, "compile": True}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"settings": settings, "machine": bench.machine(), "results": results}))
+    assert module.main([str(path), str(tmp_path / "missing.json")]) == 0
+    text = capsys.readouterr().out
+    label = "| bf16, batch 16, length 128, `--compile` |"
+    assert f"{label} 10.0 | 12.0 | 20.0 | - | 18.0 | 0.90 | - | 1.80 | 2.00 | 0.90 |" in text
+    assert f"{label} 4.0 | 5.0 | - | 1.25 | - |" in text
+    assert "(no result: missing)" in text
