@@ -7,8 +7,9 @@ module type to build them from the layer's frozen weight W0 (torch layout, d_out
 * paper form (square W0):   A = Θ_A · W0ᵀ,  B = W0 · Θ_Bᵀ,  Θ_A, Θ_B ∈ R^{r × d_in}
 * general form (any W0):    A = θ_A · W0,   B = W0 · θ_B,   θ_A ∈ R^{r × d_out}, θ_B ∈ R^{d_in × r}
 
-In training, the generator builds all its layers' A and B at once before each forward of the adapted
-model (`ABGenerator.begin_forward`, called by the hook `inject` installs), one layer at a time otherwise.
+In training on a GPU, the generator builds all its layers' A and B at once before each forward of the
+adapted model (`ABGenerator.begin_forward`, called by the hook `inject` installs); one layer at a time
+on a CPU and outside the model's forward.
 """
 
 from __future__ import annotations
@@ -96,6 +97,10 @@ def init_pair(r: int, a_cols: int, b_rows: int, init: InitSpec, name: str) -> tu
 class ABGenerator(nn.Module):
     """The one trainable linear map of a CondLoRA module type, shared by all its layers."""
 
+    # Device types where each layer generates its own A and B even in training: on a CPU, stacking the
+    # weights for the batched products costs more memory traffic than the per-layer calls it saves.
+    per_layer_devices: tuple[str, ...] = ("cpu",)
+
     def __init__(self, d_in: int, d_out: int, r: int, form: str, *, init: InitSpec = InitSpec(), name: str = "",
                  dtype: torch.dtype | None = None, device: torch.device | None = None) -> None:
         super().__init__()
@@ -127,7 +132,8 @@ class ABGenerator(nn.Module):
         """Before a forward with gradients: all attached layers' A and B in one `GenerateAll` (else nothing)."""
         self._round = None
         if not (self.batched and torch.is_grad_enabled() and len(self._layers) > 1
-                and (self.theta_A.requires_grad or self.theta_B.requires_grad)):
+                and (self.theta_A.requires_grad or self.theta_B.requires_grad)
+                and self.theta_A.device.type not in self.per_layer_devices):
             return
         w0s = [layer.w0() for layer in self._layers]
         if can_batch([self.theta_A, self.theta_B, *w0s]):
