@@ -139,10 +139,12 @@ class ABGenerator(nn.Module):
         if can_batch([self.theta_A, self.theta_B, *w0s]):
             self._round = Round(self.theta_A, self.theta_B, w0s, self.form, self._layers[0].scaling)
 
-    def generated(self, index: int, w0: torch.Tensor, scaling: float) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Layer `index`'s A and scaling · B from this forward's batched generation; None if there is none for it."""
+    def generated(self, layer: CondLoRALinear) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """`layer`'s A and scaling · B from this forward's batched generation; None if there is none for it."""
         rnd = self._round
-        return None if rnd is None else rnd.get(index, self.theta_A, self.theta_B, w0, scaling)
+        if rnd is None:
+            return None
+        return rnd.get(layer._index, self.theta_A, self.theta_B, layer.w0(), layer.scaling)
 
     def extra_repr(self) -> str:
         return f"d_in={self.d_in}, d_out={self.d_out}, r={self.r}, form={self.form}"
@@ -238,17 +240,11 @@ class AdapterLayer(nn.Module):
         return LowRankLinear.apply(x, self.w0(), self.base.bias, a, b, self.scaling)
 
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The unmerged definition, term by term: base(x) + (alpha / r) · B · (A · dropout(x)).
-
-        In one dtype the last product and the sum are one `addmm`: no separate full-size sum.
-        """
+        """The unmerged definition, term by term: base(x) + (alpha / r) · B · (A · dropout(x))."""
         y = self.base(x)
         a, sb = self._scaled_ab()
         h = x if self.dropout is None else self.dropout(x)
-        if not (h.dtype == a.dtype == y.dtype):
-            return y + F.linear(F.linear(h.to(a.dtype), a), sb).to(y.dtype)
-        ha = F.linear(h, a)
-        return torch.addmm(y.reshape(-1, y.shape[-1]), ha.reshape(-1, ha.shape[-1]), sb.T).view(y.shape)
+        return y + F.linear(F.linear(h.to(a.dtype), a), sb).to(y.dtype)
 
     def _scaled_ab(self) -> tuple[torch.Tensor, torch.Tensor]:
         """A and (alpha / r) · B for a forward."""
@@ -320,7 +316,7 @@ class CondLoRALinear(AdapterLayer):
         """The training fast path: A and B of the batched generation, else generated inside `LowRankLinear`."""
         self._cache = None
         gen, w0 = self.generator, self.w0()
-        ab = gen.generated(self._index, w0, self.scaling)
+        ab = gen.generated(self)
         if ab is not None:  # B comes scaled
             return LowRankLinear.apply(x, w0, self.base.bias, *ab, 1.0)
         return LowRankLinear.apply(x, w0, self.base.bias, gen.theta_A, gen.theta_B, self.scaling, gen.form)
@@ -328,7 +324,7 @@ class CondLoRALinear(AdapterLayer):
     def _scaled_ab(self) -> tuple[torch.Tensor, torch.Tensor]:
         """A and (alpha / r) · B: from the batched generation where there is one."""
         if self.training or torch.is_grad_enabled():
-            ab = self.generator.generated(self._index, self.w0(), self.scaling)
+            ab = self.generator.generated(self)
             if ab is not None:
                 self._cache = None
                 return ab
