@@ -3,7 +3,8 @@
 # library's LoRA and condlora, and merged / unmerged inference, in five regimes on one CUDA GPU, roberta-base
 # shape with random weights (built from its config: no download), query+value, r=8, 3 interleaved repeats.
 # Runs from the source tree without installing (PYTHONPATH=src; needs torch with CUDA, transformers, peft).
-# About 4 minutes on an H200; each regime is cut at the time left of a 290 s budget (GPU_BENCH_BUDGET_S).
+# About 4 minutes on an H200; each regime is cut at the time left of a 290 s budget (GPU_BENCH_BUDGET_S);
+# what time is left then runs the tests marked gpu (where pytest is installed).
 # Prints each regime's `condlora bench` table, then the markdown summary; the JSON, logs and summary.md go
 # to $OUT if set, else runs/gpu-bench.
 # GPU_BENCH_ONLY=1,3: run only those regimes (numbered as below).
@@ -111,3 +112,9 @@ for r in "${REGIMES[@]}"; do
 done
 echo "== summary ($(( SECONDS - start )) s)"
 "$PY" scripts/gpu_bench_table.py "${jsons[@]}" | tee "$dest/summary.md"
+left=$((start + budget - SECONDS))
+if [ "$dry" != 1 ] && [ "$left" -ge 40 ] && "$PY" -c "import pytest" 2>/dev/null; then
+  echo "== the tests marked gpu (${left} s left)"
+  timeout --kill-after=5 "$left" "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_ops.py tests/test_train.py \
+    2>&1 | tail -n 5
+fi

@@ -220,3 +220,15 @@ def test_gpu_bench_table_on_known_numbers(tmp_path, capsys):
     assert f"{label} 10.0 | 12.0 | 20.0 | - | 18.0 | 0.90 | - | 1.80 | 2.00 | 0.90 |" in text
     assert f"{label} 4.0 | 5.0 | - | 1.25 | - |" in text
     assert "(no result: missing)" in text
+
+
+def test_worker_sets_the_problem_type_so_compiled_steps_do_not_recompile(tmp_path):
+    from condlora.bench import worker as bench_worker
+
+    folder = tmp_path / "tiny"
+    tiny_bert().save_pretrained(folder)
+    runner = bench_worker.Runner(bench_worker.parse_args(["--method", "floor", "--model", str(folder),
+                                                          "--batch-size", "2", "--max-length", "4"]))
+    assert runner.model.config.problem_type == "single_label_classification"
+    assert runner.opt is None and runner.trainable == 0
+    runner.step()

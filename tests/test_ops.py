@@ -186,3 +186,27 @@ def test_copies_keep_their_own_layers_and_unloading_removes_the_hook(ids):
     assert begin_generation in model._forward_pre_hooks.values()
     merge_and_unload(model)
     assert begin_generation not in model._forward_pre_hooks.values()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 2e-5), (torch.bfloat16, 3e-2)])
+def test_cuda_defaults_batch_the_generation_and_match_per_layer(dtype, tol, monkeypatch):
+    """On a GPU the generation is batched and the layers run the reference formula (no fast path) by default."""
+    model = apply_adapter(tiny_bert().to("cuda", dtype), adapter_config("condlora-auto", r=4,
+                                                                       target_modules=["query", "value"]))
+    no_dropout(model)
+    perturb(model)
+    model.train()
+    ids = torch.randint(1, 100, (2, 40), device="cuda", generator=torch.Generator("cuda").manual_seed(3))
+    labels = torch.tensor([0, 1], device="cuda")
+    calls = []
+    monkeypatch.setattr(GenerateAll, "apply", counted(GenerateAll.apply, calls, "all"))
+    monkeypatch.setattr(ops_module.LowRankLinear, "apply", counted(ops_module.LowRankLinear.apply, calls, "fast"))
+    got_out, got = train_step(model, ids, labels)
+    assert calls == ["all"] * len(model.condlora_generators)
+    for gen in model.condlora_generators.values():
+        gen.batched = False
+    want_out, want = train_step(model, ids, labels)
+    assert (got_out - want_out).abs().max() <= tol * want_out.abs().max()
+    assert_close_relative(got, want, tol)

@@ -110,6 +110,8 @@ class Runner:
         torch.manual_seed(0)
         model = load_classifier(args.model, num_labels=2, dtype=DTYPES[args.precision],
                                 trust_remote_code=args.trust_remote_code)
+        if getattr(model.config, "problem_type", "") is None:  # what the first call would set: no recompile
+            model.config.problem_type = "single_label_classification"
         model = apply_method(model, args.method, args.r, args.alpha, args.target_modules.split(","))
         self.model = model.to(self.device)
         self.forward = torch.compile(self.model) if args.compile else self.model
