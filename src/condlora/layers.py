@@ -123,6 +123,10 @@ class ABGenerator(nn.Module):
         """A (r × d_in) and B (d_out × r) of the layer whose frozen weight is `w0` (d_out × d_in)."""
         return generate_ab(self.theta_A, self.theta_B, w0, self.form)
 
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the last forward's generation behind (tensors with gradient history)."""
+        return {**super().__getstate__(), "_round": None}
+
     def attach(self, layer: CondLoRALinear) -> int:
         """Register a layer that uses this generator; returns its index in the batched generation."""
         self._layers.append(layer)
