@@ -160,6 +160,7 @@ def inject_adapter(model: nn.Module, cfg: AdapterConfig) -> nn.Module:
         _set_submodule(model, name, layer.train(module.training))
     if generators:
         model.add_module(GENERATORS_ATTR, nn.ModuleDict(generators).train(model.training))
+        model.register_forward_pre_hook(begin_generation)
     _unfreeze_modules_to_save(model, cfg)
     cfg.module_types = {name: t.record() for name, t in types.items()}
     cfg.fingerprint = {name: list(base_weight(m).shape) for name, m in targets}
@@ -167,6 +168,16 @@ def inject_adapter(model: nn.Module, cfg: AdapterConfig) -> nn.Module:
         cfg.base_model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None) or None
     object.__setattr__(model, CONFIG_ATTR, cfg)
     return model
+
+
+def begin_generation(model: nn.Module, _args: tuple) -> None:
+    """Forward pre-hook of a CondLoRA model: each generator builds its layers' A and B at once (in training).
+
+    Before the forward, outside any layer, so gradient checkpointing recomputes a layer with the same inputs.
+    """
+    generators = getattr(model, GENERATORS_ATTR, None)
+    for gen in generators.values() if generators is not None else ():
+        gen.begin_forward()
 
 
 def _make_generators(types: dict[str, TypeInfo], cfg: AdapterConfig, like: torch.Tensor) -> dict[str, ABGenerator]:
@@ -235,6 +246,9 @@ def remove_adapter(model: nn.Module) -> nn.Module:
         _set_submodule(model, name, layer.base)
     if hasattr(model, GENERATORS_ATTR):
         delattr(model, GENERATORS_ATTR)
+        for key, hook in list(model._forward_pre_hooks.items()):
+            if hook is begin_generation:
+                del model._forward_pre_hooks[key]
     object.__delattr__(model, CONFIG_ATTR)
     return model
 

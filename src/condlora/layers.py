@@ -2,10 +2,14 @@
 
 Each layer wraps a frozen `nn.Linear` (or GPT-2's transposed `Conv1D`) and adds
 `(alpha / r) · B · A · dropout(x)` to its output. LoRA owns A and B; CondLoRA asks the generator of its
-module type to build them from the layer's frozen weight W0 (torch layout, d_out × d_in):
+module type to build them from the layer's frozen weight W0 (torch layout, d_out × d_in; formulas in `ops`):
 
 * paper form (square W0):   A = Θ_A · W0ᵀ,  B = W0 · Θ_Bᵀ,  Θ_A, Θ_B ∈ R^{r × d_in}
 * general form (any W0):    A = θ_A · W0,   B = W0 · θ_B,   θ_A ∈ R^{r × d_out}, θ_B ∈ R^{d_in × r}
+
+In training on a GPU, the generator builds all its layers' A and B at once before each forward of the
+adapted model (`ABGenerator.begin_forward`, called by the hook `inject` installs); one layer at a time
+on a CPU and outside the model's forward.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from .config import mix_seed
+from .ops import LowRankLinear, Round, can_batch, generate_ab, state_key
 
 if TYPE_CHECKING:
     from .config import AdapterConfig
@@ -92,6 +97,10 @@ def init_pair(r: int, a_cols: int, b_rows: int, init: InitSpec, name: str) -> tu
 class ABGenerator(nn.Module):
     """The one trainable linear map of a CondLoRA module type, shared by all its layers."""
 
+    # Device types where each layer generates its own A and B even in training: on a CPU, stacking the
+    # weights for the batched products costs more memory traffic than the per-layer calls it saves.
+    per_layer_devices: tuple[str, ...] = ("cpu",)
+
     def __init__(self, d_in: int, d_out: int, r: int, form: str, *, init: InitSpec = InitSpec(), name: str = "",
                  dtype: torch.dtype | None = None, device: torch.device | None = None) -> None:
         super().__init__()
@@ -106,68 +115,43 @@ class ABGenerator(nn.Module):
             theta_b = theta_b.T.contiguous()
         self.theta_A = nn.Parameter(theta_a.to(device=device, dtype=dtype), requires_grad=init.train_a)
         self.theta_B = nn.Parameter(theta_b.to(device=device, dtype=dtype), requires_grad=init.train_b)
+        self.batched = True  # False: every layer generates its own A and B (the same values up to rounding)
+        self._layers: list[CondLoRALinear] = []  # by reference, in `attach` order
+        self._round: Round | None = None
 
     def generate(self, w0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A (r × d_in) and B (d_out × r) of the layer whose frozen weight is `w0` (d_out × d_in)."""
         return generate_ab(self.theta_A, self.theta_B, w0, self.form)
 
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the last forward's generation behind (tensors with gradient history)."""
+        return {**super().__getstate__(), "_round": None}
+
+    def attach(self, layer: CondLoRALinear) -> int:
+        """Register a layer that uses this generator; returns its index in the batched generation."""
+        self._layers.append(layer)
+        return len(self._layers) - 1
+
+    def begin_forward(self) -> None:
+        """Before a forward with gradients: all attached layers' A and B in one `GenerateAll` (else nothing)."""
+        self._round = None
+        if not (self.batched and torch.is_grad_enabled() and len(self._layers) > 1
+                and (self.theta_A.requires_grad or self.theta_B.requires_grad)
+                and self.theta_A.device.type not in self.per_layer_devices):
+            return
+        w0s = [layer.w0() for layer in self._layers]
+        if can_batch([self.theta_A, self.theta_B, *w0s]):
+            self._round = Round(self.theta_A, self.theta_B, w0s, self.form, self._layers[0].scaling)
+
+    def generated(self, layer: CondLoRALinear) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """`layer`'s A and scaling · B from this forward's batched generation; None if there is none for it."""
+        rnd = self._round
+        if rnd is None:
+            return None
+        return rnd.get(layer._index, self.theta_A, self.theta_B, layer.w0(), layer.scaling)
+
     def extra_repr(self) -> str:
         return f"d_in={self.d_in}, d_out={self.d_out}, r={self.r}, form={self.form}"
-
-
-def generate_ab(theta_a: torch.Tensor, theta_b: torch.Tensor, w0: torch.Tensor,
-                form: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """CondLoRA's A (r × d_in) and B (d_out × r) from Θ_A, Θ_B and W0 (d_out × d_in) in `form`."""
-    if form == "paper":
-        return theta_a @ w0.T, w0 @ theta_b.T
-    return theta_a @ w0, w0 @ theta_b
-
-
-class LowRankLinear(torch.autograd.Function):
-    """y = x · (W0 + s·B·A)ᵀ + bias, with the gradients of the unmerged form; W0 and bias are frozen.
-
-    One full-size product forward and one backward (grad x = g · (W0 + s·B·A)), like the frozen layer
-    alone; the adapter adds only thin products with r columns: h = x·Aᵀ (saved, tokens × r), g·B,
-    grad B = s·gᵀ·h, grad A = s·(g·B)ᵀ·x. No tokens × d_out adapter output, no extra sums of full-size
-    activations, and x is kept only when A trains. The merged weight is rebuilt in backward, not kept.
-    With `form` ("paper" / "general"), `p`, `q` are CondLoRA's Θ_A, Θ_B: A and B are generated inside,
-    again in backward rather than kept, and their gradients are mapped onto Θ_A, Θ_B.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, w0: torch.Tensor, bias: torch.Tensor | None, p: torch.Tensor,
-                q: torch.Tensor, scaling: float, form: str | None = None) -> torch.Tensor:
-        a, b = (p, q) if form is None else generate_ab(p, q, w0, form)
-        y = F.linear(x, torch.addmm(w0, b, a, alpha=scaling), bias)
-        need_a, need_b = ctx.needs_input_grad[3], ctx.needs_input_grad[4]
-        h = F.linear(x, a) if need_b else None
-        ctx.scaling, ctx.form = scaling, form
-        ctx.save_for_backward(x if need_a else None, w0, p, q, h)
-        return y
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):
-        x, w0, p, q, h = ctx.saved_tensors
-        s, form = ctx.scaling, ctx.form
-        a, b = (p, q) if form is None else generate_ab(p, q, w0, form)
-        g2 = g.reshape(-1, g.shape[-1])
-        grad_x = grad_a = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = g @ torch.addmm(w0, b, a, alpha=s)
-        if ctx.needs_input_grad[3]:
-            grad_a = torch.mm((g2 @ b).T, x.reshape(-1, x.shape[-1])).mul_(s)
-            if form is not None:  # A = Θ_A·W0ᵀ (paper) or Θ_A·W0 (general)
-                grad_a = grad_a @ w0 if form == "paper" else grad_a @ w0.T
-        if ctx.needs_input_grad[4]:
-            grad_b = torch.mm(g2.T, h.reshape(-1, h.shape[-1])).mul_(s)
-            if form is not None:  # B = W0·Θ_Bᵀ (paper) or W0·Θ_B (general)
-                grad_b = grad_b.T @ w0 if form == "paper" else w0.T @ grad_b
-        return grad_x, None, None, grad_a, grad_b, None, None
-
-
-def state_key(*tensors: torch.Tensor) -> tuple:
-    """What a cache of values computed from `tensors` is valid for: their storage, in-place version, dtype, device."""
-    return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
 
 
 def set_fast_path(model: nn.Module, enabled: bool) -> nn.Module:
@@ -184,12 +168,15 @@ class AdapterLayer(nn.Module):
     # The training fast path runs from tokens·(d_in + d_out) >= min_fast_ratio · d_in·d_out (tokens >= d for a
     # square layer): below that, building W0 + s·B·A twice costs more than the thin products it saves.
     min_fast_ratio = 2.0
+    # ... and only on these devices: on a GPU the full-size passes it saves cost less than its extra launches.
+    fast_train_devices: tuple[str, ...] = ("cpu",)
 
     def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float) -> None:
         super().__init__()
         if not isinstance(base, SUPPORTED_TYPES):
             raise TypeError(f"cannot adapt {type(base).__name__}; supported: nn.Linear, Conv1D")
         self.base = base
+        self.d_out, self.d_in = base_weight(base).shape
         self.r = r
         self.scaling = alpha / r
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None
@@ -197,16 +184,6 @@ class AdapterLayer(nn.Module):
         self.fast_path = True
         self._weight_cache: tuple[tuple, torch.Tensor] | None = None
         self.register_buffer("_w0", None, persistent=False)
-
-    @property
-    def d_out(self) -> int:
-        """Output features of the base layer."""
-        return base_weight(self.base).shape[0]
-
-    @property
-    def d_in(self) -> int:
-        """Input features of the base layer."""
-        return base_weight(self.base).shape[1]
 
     def w0(self) -> torch.Tensor:
         """The frozen base weight W0 (d_out × d_in), also while merged."""
@@ -256,8 +233,9 @@ class AdapterLayer(nn.Module):
         if not torch.is_grad_enabled():
             return F.linear(x, self._effective_weight(), self.base.bias)
         self._weight_cache = None
-        if x.numel() // x.shape[-1] * (self.d_in + self.d_out) < self.min_fast_ratio * self.d_in * self.d_out:
-            return self.reference_forward(x)  # few tokens: the thin products alone are cheaper
+        if (x.device.type not in self.fast_train_devices
+                or x.numel() // x.shape[-1] * (self.d_in + self.d_out) < self.min_fast_ratio * self.d_in * self.d_out):
+            return self.reference_forward(x)  # few tokens (the thin products alone are cheaper) or a GPU
         return self._fast_train(x)
 
     def _fast_train(self, x: torch.Tensor) -> torch.Tensor:
@@ -268,9 +246,14 @@ class AdapterLayer(nn.Module):
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The unmerged definition, term by term: base(x) + (alpha / r) · B · (A · dropout(x))."""
         y = self.base(x)
-        a, b = self.lora_AB()
+        a, sb = self._scaled_ab()
         h = x if self.dropout is None else self.dropout(x)
-        return y + F.linear(F.linear(h.to(a.dtype), a), b * self.scaling).to(y.dtype)
+        return y + F.linear(F.linear(h.to(a.dtype), a), sb).to(y.dtype)
+
+    def _scaled_ab(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A and (alpha / r) · B for a forward."""
+        a, b = self.lora_AB()
+        return a, b * self.scaling
 
     def _fast_ok(self, x: torch.Tensor) -> bool:
         """Whether the fast path gives the reference result: no live dropout, one float dtype, frozen base."""
@@ -328,18 +311,31 @@ class CondLoRALinear(AdapterLayer):
         super().__init__(base, r, alpha, dropout)
         object.__setattr__(self, "generator", generator)
         self._cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._index = generator.attach(self)
 
     def _sources(self) -> tuple[torch.Tensor, ...]:
         return self.generator.theta_A, self.generator.theta_B
 
     def _fast_train(self, x: torch.Tensor) -> torch.Tensor:
-        """The training fast path: A and B generated inside `LowRankLinear`, not kept between passes."""
+        """The training fast path: A and B of the batched generation, else generated inside `LowRankLinear`."""
         self._cache = None
-        gen = self.generator
-        return LowRankLinear.apply(x, self.w0(), self.base.bias, gen.theta_A, gen.theta_B, self.scaling, gen.form)
+        gen, w0 = self.generator, self.w0()
+        ab = gen.generated(self)
+        if ab is not None:  # B comes scaled
+            return LowRankLinear.apply(x, w0, self.base.bias, *ab, 1.0)
+        return LowRankLinear.apply(x, w0, self.base.bias, gen.theta_A, gen.theta_B, self.scaling, gen.form)
+
+    def _scaled_ab(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A and (alpha / r) · B: from the batched generation where there is one."""
+        if self.training or torch.is_grad_enabled():
+            ab = self.generator.generated(self)
+            if ab is not None:
+                self._cache = None
+                return ab
+        return super()._scaled_ab()
 
     def lora_AB(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """A and B generated from this layer's W0 (cached in eval mode when gradients are off)."""
+        """A and B generated from this layer's W0 (batched in training; cached in eval mode without gradients)."""
         w0 = self.w0()
         if self.training or torch.is_grad_enabled():
             self._cache = None

@@ -18,16 +18,19 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 from ..errors import CondLoRAError
 
 # real PEFT rows at their own sizes (runner.method_defaults): trained, and merged for inference
 PEFT_ROWS = ("lora-r1", "vera", "vera-r1024", "fourierft")
-TRAIN_METHODS = ("base", "lora", "native-lora", "condlora", "condlora-frozen-a", "native-lora-frozen-a", "full",
-                 *PEFT_ROWS)
+TRAIN_METHODS = ("floor", "base", "lora", "native-lora", "condlora", "condlora-frozen-a", "native-lora-frozen-a",
+                 "full", *PEFT_ROWS)
 INFER_METHODS = ("infer-base", "infer-merged", "infer-condlora", *(f"infer-merged-{m}" for m in PEFT_ROWS[1:]))
-BENCH_METHODS = TRAIN_METHODS + INFER_METHODS  # every method `condlora bench` measures, all by default
-DEFAULT_METHODS = BENCH_METHODS
+BENCH_METHODS = TRAIN_METHODS + INFER_METHODS  # every method `condlora bench` measures
+# all by default but `floor`, which runs on request (`--floor`): the frozen forward and activation-gradient
+# backward, nothing trained
+DEFAULT_METHODS = tuple(m for m in BENCH_METHODS if m != "floor")
 ANSWER_MARK = "@@ "  # starts each answer line of a worker, so stray library output is never taken for one
 # old method names, still accepted
 ALIASES = {"peft-lora": "lora"}
@@ -90,10 +93,7 @@ def run_all(methods: list[str], args: argparse.Namespace) -> dict[str, dict]:
 
     workers = {m: Worker(m, args) for m in methods}
     try:
-        for w in workers.values():
-            w.info = w.receive()
-            if "error" in w.info:
-                raise CondLoRAError(f"{w.method}: {w.info['error']}")
+        start_all(workers, args.quiet)
         runs: dict[str, list[float]] = {m: [] for m in methods}
         times: dict[str, dict[str, list[float]]] = {m: {"wall": [], "cpu": []} for m in methods}
         bar = tqdm(total=args.repeats * len(methods), disable=args.quiet, desc="bench", file=sys.stderr)
@@ -115,6 +115,18 @@ def run_all(methods: list[str], args: argparse.Namespace) -> dict[str, dict]:
             w.close()
 
 
+def start_all(workers: dict[str, Worker], quiet: bool) -> None:
+    """Wait until every worker has built its model and run its first step, printing each as it is ready."""
+    t0 = time.perf_counter()
+    for i, w in enumerate(workers.values(), 1):
+        w.info = w.receive()
+        if "error" in w.info:
+            raise CondLoRAError(f"{w.method}: {w.info['error']}")
+        if not quiet:
+            print(f"bench: {w.method} built, first step done ({i}/{len(workers)}, "
+                  f"{time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+
+
 def summarize(run_medians: list[float], times: dict[str, list[float]], info: dict, mem: dict,
               batch: int) -> dict:
     """One method's numbers: median step seconds, examples/s, spread, memory, trainable parameters."""
@@ -133,18 +145,20 @@ def ratio(results: dict, method: str, ref: str, key: str) -> float | None:
 
 
 def table(results: dict) -> str:
-    """The one results table: training rows, then inference rows, with ratios."""
-    head = (f"{'method':<18} {'step ms':>8} {'ex/s':>7} {'x peft':>7} {'x base':>7} {'mem MiB':>8} "
-            f"{'mem x peft':>10} {'RSS MiB':>8} {'trainable':>10}")
+    """The one results table: training rows, then inference rows, with ratios (`x floor` when it ran)."""
+    floor = "floor" in results
+    head = (f"{'method':<18} {'step ms':>8} {'ex/s':>7} {'x peft':>7} {'x base':>7} " + "x floor " * floor
+            + f"{'mem MiB':>8} {'mem x peft':>10} {'RSS MiB':>8} {'trainable':>10}")
     lines = [head, "-" * len(head)]
     for m, r in results.items():
         infer = m.startswith("infer-")
         ref_base = "infer-base" if infer else "base"
         vs_peft = None if infer else ratio(results, m, "lora", "step_s")
         mem_peft = None if infer else ratio(results, m, "lora", "step_mb")
+        vs_floor = f"{fmt(None if infer else ratio(results, m, 'floor', 'step_s')):>7} " if floor else ""
         proc_mb = r.get("rss_peak_mb", r.get("cuda_max_allocated_mb", float("nan")))
         lines.append(f"{m:<18} {r['step_s'] * 1e3:>8.1f} {r['examples_per_s']:>7.1f} {fmt(vs_peft):>7} "
-                     f"{fmt(ratio(results, m, ref_base, 'step_s')):>7} {r['step_mb']:>8.0f} "
+                     f"{fmt(ratio(results, m, ref_base, 'step_s')):>7} {vs_floor}{r['step_mb']:>8.0f} "
                      f"{fmt(mem_peft):>10} {proc_mb:>8.0f} {r['trainable']:>10,}")
     return "\n".join(lines)
 
@@ -154,12 +168,38 @@ def fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
-def machine() -> dict:
-    """Where the numbers were taken."""
+def machine(device: str = "cpu") -> dict:
+    """Where the numbers were taken: versions, CPU, and on `device` "cuda" the GPU and its CUDA."""
     import torch
 
-    info = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+    from ..runner.rundir import versions
+
+    info = {**versions(), "torch": torch.__version__, "platform": platform.platform(), "cpu": cpu_name(),
             "cpu_count": os.cpu_count(), "processor": platform.processor()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
+    if device == "cuda" and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                    gpu_capability=f"{props.major}.{props.minor}", cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version())
     return info
+
+
+def describe(info: dict) -> str:
+    """`machine()` as one header line."""
+    where = (f"{info['gpu']} ({info['gpu_memory_gib']} GiB, compute capability {info['gpu_capability']}), "
+             f"CUDA {info['cuda']}, cuDNN {info['cudnn']}, host CPU {info['cpu']}" if "gpu" in info
+             else f"CPU {info['cpu']} ({info['cpu_count']} logical cores)")
+    return (f"machine: {where}; torch {info['torch']}, transformers {info.get('transformers')}, "
+            f"peft {info.get('peft', '(not installed)')}, Python {info['python']}")
+
+
+def cpu_name() -> str:
+    """The CPU model (Linux /proc/cpuinfo), else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

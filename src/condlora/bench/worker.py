@@ -34,6 +34,8 @@ def apply_method(model: nn.Module, method: str, r: int, alpha: float, targets: l
 
     if method == "full":
         return model.requires_grad_(True)
+    if method == "floor":
+        return add_floor_taps(model, targets)
     heads = freeze_all_but_head(model)
     if method in ("base", "infer-base"):
         # the floor: gradients flow into every layer's input (as below any adapter), only the head trains
@@ -82,6 +84,38 @@ def _peft_row(model: nn.Module, method: str, targets: list[str], merged: bool) -
     return model.merge_and_unload()
 
 
+class _Tap(torch.autograd.Function):
+    """Identity on an adapted module's output whose backward takes the output's gradient and drops it."""
+
+    @staticmethod
+    def forward(ctx, out: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, None]:
+        return None, None
+
+
+def add_floor_taps(model: nn.Module, targets: list[str]) -> nn.Module:
+    """The floor: everything frozen, yet the loss's gradient reaches every target module's output.
+
+    That is the least any adapter step computes: the frozen forward and the activation gradients down
+    to the lowest adapted module (not below it, and no weight gradient). Each target's output passes
+    through `_Tap`, tied to `floor_anchor`, an empty parameter (so it moves with the model) that requires
+    grad and gets none; no kernel is added.
+    """
+    from ..inject import name_matches
+
+    model.requires_grad_(False)
+    model.register_parameter("floor_anchor", nn.Parameter(torch.zeros(0)))
+    found = [m for name, m in model.named_modules() if name and name_matches(name, targets)]
+    if not found:
+        raise CondLoRAError(f"floor: target_modules {','.join(targets)} matched no module")
+    for module in found:
+        module.register_forward_hook(lambda _m, _i, out: _Tap.apply(out, model.floor_anchor))
+    return model
+
+
 class Runner:
     """A model, a batch and an optimizer for one method; `step()` is what is timed."""
 
@@ -93,6 +127,8 @@ class Runner:
         torch.manual_seed(0)
         model = load_classifier(args.model, num_labels=2, dtype=DTYPES[args.precision],
                                 trust_remote_code=args.trust_remote_code)
+        if getattr(model.config, "problem_type", "") is None:  # what the first call would set: no recompile
+            model.config.problem_type = "single_label_classification"
         model = apply_method(model, args.method, args.r, args.alpha, args.target_modules.split(","))
         self.model = model.to(self.device)
         self.forward = torch.compile(self.model) if args.compile else self.model
@@ -104,15 +140,17 @@ class Runner:
         self.ids = torch.randint(5, vocab, shape, generator=gen).to(self.device)
         self.mask = torch.ones(shape, dtype=torch.long, device=self.device)
         self.labels = torch.randint(0, 2, (args.batch_size,), generator=gen).to(self.device)
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = [p for p in self.model.parameters() if p.requires_grad and p.numel()]
         self.trainable = sum(p.numel() for p in params) if self.train else 0
-        self.opt = torch.optim.AdamW(params, lr=1e-5) if self.train else None
+        self.opt = torch.optim.AdamW(params, lr=1e-5) if self.train and params else None
 
     def step(self) -> None:
         """One training step (forward, backward, optimizer) or one no-grad eval forward."""
         if not self.train:
             with torch.no_grad():
                 self.forward(input_ids=self.ids, attention_mask=self.mask)
+        elif self.opt is None:  # the floor: nothing to update
+            self.forward(input_ids=self.ids, attention_mask=self.mask, labels=self.labels).loss.backward()
         else:
             self.opt.zero_grad(set_to_none=True)
             out = self.forward(input_ids=self.ids, attention_mask=self.mask, labels=self.labels)
