@@ -211,3 +211,24 @@ def test_cuda_defaults_batch_the_generation_and_match_per_layer(dtype, tol, monk
     want_out, want = train_step(model, ids, labels)
     assert (got_out - want_out).abs().max() <= tol * want_out.abs().max()
     assert_close_relative(got, want, tol)
+
+
+@pytest.mark.parametrize("form", ["paper", "general"])
+def test_batched_generation_under_autocast_matches_per_layer(form):
+    """Under autocast (bf16, as `--precision bf16` trains on a GPU) the batched path trains like the per-layer one:
+    fp32 gradients for Θ, close to the per-layer path's."""
+    grads = {}
+    for batched in (True, False):
+        torch.manual_seed(0)
+        model = apply_adapter(tiny_bert(), adapter_config(method="condlora", cond_form=form))
+        no_dropout(model)
+        perturb(model)
+        set_batched(model, batched)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(torch.arange(12).reshape(2, 6)).logits
+        out.float().pow(2).sum().backward()
+        grads[batched] = {n: p.grad for n, p in model.named_parameters() if p.grad is not None and "theta" in n}
+    assert grads[True] and grads[True].keys() == grads[False].keys()
+    for name, g in grads[True].items():
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, grads[False][name], rtol=0.05, atol=0.05 * grads[False][name].abs().max().item())

@@ -75,6 +75,7 @@ class GenerateAll(torch.autograd.Function):
     def forward(ctx, theta_a: torch.Tensor, theta_b: torch.Tensor, form: str, scaling: float, *w0s: torch.Tensor):
         a, b = generate_all(theta_a, theta_b, torch.stack(w0s), form, scaling)
         ctx.form, ctx.scaling, ctx.w0s = form, scaling, w0s
+        ctx.theta_dtypes = (theta_a.dtype, theta_b.dtype)
         ctx.set_materialize_grads(False)
         a, b = a.unbind(0), b.unbind(0)
         need_a, need_b = ctx.needs_input_grad[:2]
@@ -88,10 +89,17 @@ class GenerateAll(torch.autograd.Function):
         gb = stack_grads(grads[n:]) if ctx.needs_input_grad[1] else None
         if ga is None and gb is None:
             return None, None, None, None, *([None] * n)
-        grad_a, grad_b = theta_grads(ga, gb, torch.stack(ctx.w0s), ctx.form)
+        w = torch.stack(ctx.w0s)  # under autocast A and B came out in the autocast dtype: back to W0's
+        grad_a, grad_b = theta_grads(_as(ga, w.dtype), _as(gb, w.dtype), w, ctx.form)
         if grad_b is not None and ctx.scaling != 1.0:
             grad_b = grad_b.mul_(ctx.scaling)
-        return grad_a, grad_b, None, None, *([None] * n)
+        dtype_a, dtype_b = ctx.theta_dtypes
+        return _as(grad_a, dtype_a), _as(grad_b, dtype_b), None, None, *([None] * n)
+
+
+def _as(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """`t` in `dtype` (None stays None)."""
+    return None if t is None else t.to(dtype)
 
 
 def stack_grads(grads: tuple[torch.Tensor | None, ...]) -> torch.Tensor | None:
