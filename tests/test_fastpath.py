@@ -16,7 +16,7 @@ def perturb(model, seed=5):
         for name, p in model.named_parameters():
             if any(k in name for k in ("lora_A", "lora_B", "theta_A", "theta_B")):
                 scale = 5.0 if "theta_B" in name else 0.3
-                p.add_(torch.randn(p.shape, generator=g) * scale)
+                p.add_(torch.randn(p.shape, generator=g).to(p.device, p.dtype) * scale)
 
 
 def no_dropout(model):
