@@ -297,8 +297,8 @@ def test_study_on_own_files(model, tmp_path, capsys):
     train = write_csv(tmp_path / "train.csv", ["text", "label"], rows)
     test = write_csv(tmp_path / "test.csv", ["text", "label"], rows[:12])
     out = tmp_path / "study"
-    argv = ["study", "--methods", "lora,condlora", "--seeds", "1", "--lr", "1e-2", "--model", model, "--epochs", "1",
-            "--batch-size", "8", "--max-length", "32", "--output-dir", str(out), "--quiet",
+    argv = ["study", "--methods", "lora,condlora-paper", "--seeds", "1", "--lr", "1e-2", "--model", model,
+            "--epochs", "1", "--batch-size", "8", "--max-length", "32", "--output-dir", str(out), "--quiet",
             "--train-file", str(train), "--test-file", str(test), "--task-name", "yesno"]
     assert cli_main(argv) == 0
     saved = json.loads((out / "study.json").read_text())

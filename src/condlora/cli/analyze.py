@@ -5,12 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
-from ..analysis import FORMS
-from ..analyze.report import run_analysis
+from ..config import COND_FORMS as FORMS
 from ..errors import CondLoRAError
-from ..runner.models import ALIASES_HELP
+from ..runner.names import ALIASES_HELP
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,6 +45,10 @@ def main(args: argparse.Namespace) -> int:
         import matplotlib  # noqa: F401
     except ImportError:
         raise CondLoRAError("condlora analyze draws with matplotlib: pip install 'condlora[analysis]'") from None
+    import torch
+
+    from ..analyze.report import run_analysis
+
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:

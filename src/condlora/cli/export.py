@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..model import load_adapter
-from ..runner.models import ALIASES_HELP, load_classifier, quiet_loading, saved_num_labels
-from ..serialization import export_peft_lora, read_config
+from ..runner.names import ALIASES_HELP
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,6 +22,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Load model + adapter, write the PEFT export, print where."""
+    from ..model import load_adapter
+    from ..runner.models import load_classifier, quiet_loading, saved_num_labels
+    from ..serialization import export_peft_lora, read_config
+
     cfg = read_config(args.adapter)
     num_labels = args.num_labels if args.num_labels is not None else saved_num_labels(args.adapter)
     with quiet_loading(args.quiet):

@@ -26,7 +26,7 @@ TASK_LABELS = {"mnli": "MNLI", "sst2": "SST-2", "mrpc": "MRPC", "cola": "CoLA",
                "qnli": "QNLI", "qqp": "QQP", "rte": "RTE", "stsb": "STS-B"}
 TASK_METRICS = {"mnli": "acc (matched)", "sst2": "acc", "mrpc": "acc", "cola": "MCC",
                 "qnli": "acc", "qqp": "acc", "rte": "acc", "stsb": "Pearson"}
-METHOD_LABELS = {"lora": "LoRA", "condlora": "CondLoRA", "condlora-general": "CondLoRA (general form)",
+METHOD_LABELS = {"lora": "LoRA", "condlora": "CondLoRA (paper form)", "condlora-general": "CondLoRA",
                  "lora-frozen-a": "LoRA B-only (A frozen)", "lora-frozen-b": "LoRA A-only (B frozen)",
                  "condlora-frozen-a": "CondLoRA Θ_B-only (Θ_A frozen)",
                  "condlora-frozen-b": "CondLoRA Θ_A-only (Θ_B frozen)",
