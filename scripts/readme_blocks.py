@@ -1,7 +1,8 @@
 """README.md's code blocks, for checking that every command on that page runs as written.
 
 `python scripts/readme_blocks.py LANG [N]` prints the N-th block (default: all, separated by NUL) of language
-LANG (bash, python); `commands(block)` splits a shell block into its commands (continuations joined,
+LANG (bash, python); `... count LANG` how many there are; `... commands N` the N-th bash block's commands,
+one a line; `commands(block)` splits a shell block into its commands (continuations joined,
 comments dropped). Used by tests/test_readme.py and scripts/check-readme.sh.
 """
 
@@ -39,6 +40,12 @@ def commands(block: str) -> list[str]:
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "count":
+        print(len(blocks(sys.argv[2])))
+        raise SystemExit(0)
+    if sys.argv[1] == "commands":
+        print("\n".join(commands(blocks("bash")[int(sys.argv[2])])))
+        raise SystemExit(0)
     found = blocks(sys.argv[1])
     chosen = found if len(sys.argv) < 3 else [found[int(sys.argv[2])]]
     sys.stdout.write("\0".join(chosen))
