@@ -33,6 +33,7 @@ from .method_defaults import MethodSetup
 from .models import head_module_names, head_save_names
 from .names import METHODS as RUN_METHODS  # every --method of `condlora train`, by its stored name
 from .peft_methods import PEFT_METHODS, add_peft
+
 CONDLORA_SIDES = {"condlora": (True, True), "condlora-frozen-a": (False, True), "condlora-frozen-b": (True, False),
                   "condlora-general": (True, True)}  # (train_a, train_b)
 
