@@ -189,8 +189,11 @@ class Run:
         return loss.item(), n
 
     @torch.no_grad()
-    def predict(self, enc: Encoded) -> np.ndarray:
-        """Predicted label ids (scores for regression) of every example, gathered from all processes."""
+    def predict(self, enc: Encoded, desc: str | None = None) -> np.ndarray:
+        """Predicted label ids (scores for regression) of every example, gathered from all processes; with a
+        `desc`, a progress bar of its batches (the final test evaluation)."""
+        from tqdm.auto import tqdm
+
         self.model.eval()
         order = np.argsort(enc.lengths, kind="stable").tolist()
         world, rank = self.acc.num_processes, self.acc.process_index
@@ -199,7 +202,9 @@ class Run:
         ids = mine + [-1] * (share - len(mine))
         mine = mine + [order[-1]] * (share - len(mine))
         preds = []
-        for i in range(0, len(mine), 2 * self.cfg.batch_size):
+        quiet = desc is None or self.cfg.quiet or not self.acc.is_main_process
+        for i in tqdm(range(0, len(mine), 2 * self.cfg.batch_size), desc=desc, unit="batch", disable=quiet,
+                      leave=False, dynamic_ncols=True):
             batch = enc.batch(mine[i:i + 2 * self.cfg.batch_size])
             batch = {k: v.to(self.acc.device) for k, v in batch.items() if k != "labels"}
             with self.acc.autocast():
@@ -293,7 +298,7 @@ class Run:
     def finish(self) -> dict:
         """Load the best weights, test them, write the best adapter and results.json."""
         load_trainable(self.unwrapped, self.best, "best weights")
-        preds = {p: self.predict(e) for p, e in self.test_encs.items()}
+        preds = {p: self.predict(e, desc=f"{self.cfg.task} test ({p})") for p, e in self.test_encs.items()}
         labels = {p: e.labels.numpy() for p, e in self.test_encs.items()}
         test = compute_metrics(self.task, np.concatenate(list(preds.values())),
                                np.concatenate(list(labels.values()))) if preds else {}  # own data: test file optional
