@@ -53,8 +53,8 @@ if [ ! -s "$OUT/part-b-methods" ]; then
 fi
 near=$(cat "$OUT/part-b-methods" 2>/dev/null || true)   # stored names (run folders): condlora-general, ...
 if [ -n "$near" ] && [ "$near" != condlora-general ]; then
-  near=$($PY -c "import sys; from condlora.runner.names import user_method as u
-print(','.join(u(m) for m in sys.argv[1].split(',')))" "$near")   # as --methods names them
+  near=$(echo ",$near," | sed -e 's/,condlora,/,condlora-paper,/g' -e 's/,condlora-general,/,condlora,/g' \
+    -e 's/^,//' -e 's/,$//')   # as --methods names them (runner/names.py)
   echo "within 1.5 points of CondLoRA (general form) on average: $near; extending to 5 seeds"
   run_part "$near" 5                                    # part (b)
 fi

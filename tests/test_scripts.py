@@ -118,7 +118,7 @@ def test_frontier_part_b_extends_the_rows_near_the_reference_once_and_draws_the_
     out = tmp_path / "out"
     calls = [c for c in (tmp_path / "calls").read_text().splitlines() if "--status" not in c]
     assert calls[2] == f"-m condlora.study.frontier {out} --tasks mrpc,stsb,cola,sst2 --near 1.5"
-    assert [c.split("--methods ")[1] for c in calls[3:5]] == ["condlora-general,lora-r2,vera --seeds 5 --quiet"] * 2
+    assert [c.split("--methods ")[1] for c in calls[3:5]] == ["condlora,lora-r2,vera --seeds 5 --quiet"] * 2
     assert calls[5].startswith("study ") and "--seeds 3" in calls[5]  # the tables over every seed on disk
     assert calls[6] == (f"-m condlora.study.frontier {out} --tasks mrpc,stsb,cola,sst2 "
                         f"--extra-runs docs/results/asymmetry --output {out}")
@@ -128,7 +128,7 @@ def test_frontier_part_b_extends_the_rows_near_the_reference_once_and_draws_the_
     assert run_common(tmp_path, f"PYTHON={fake_python} bash scripts/frontier.sh", **env).returncode == 0
     calls = [c for c in (tmp_path / "calls").read_text().splitlines() if "--status" not in c]
     assert not any("--near" in c for c in calls)
-    assert sum("--methods condlora-general,lora-r2,vera --seeds 5" in c for c in calls) == 2
+    assert sum("--methods condlora,lora-r2,vera --seeds 5" in c for c in calls) == 2
     assert calls[-1] == f"-m condlora.study.frontier {out} --tasks mrpc,stsb,cola,sst2 --output {out}"
 
 
