@@ -29,7 +29,7 @@ MAIN=${MAIN:-docs/results/converged}
 OUT=${OUT:-runs/frontier}
 ALL_TASKS=mrpc,stsb,cola,sst2
 PROTOCOL=("${PROTOCOL[@]/#1e-3,2e-3,5e-3/auto}")   # every row its own LR grid
-REUSED=(lora condlora condlora-general)
+REUSED=(lora condlora condlora-general)   # stored folders: lora, condlora-paper, condlora
 mkdir -p "$OUT"
 for t in ${ALL_TASKS//,/ }; do        # the converged study's finished runs and trials, copied once
   for m in "${REUSED[@]}"; do
@@ -41,7 +41,7 @@ for t in ${ALL_TASKS//,/ }; do        # the converged study's finished runs and 
     done
   done
 done
-METHODS=condlora-general,lora,condlora,lora-r1,lora-r2,vera,vera-r1024,fourierft
+METHODS=condlora,lora,condlora-paper,lora-r1,lora-r2,vera,vera-r1024,fourierft
 PY=${PYTHON:-python3}
 run_part "$METHODS" 3                                   # part (a)
 # part (b): the reference and every row whose average (Table 2's, over the learned tasks) lies within 1.5 points
@@ -51,8 +51,10 @@ if [ ! -s "$OUT/part-b-methods" ]; then
   near=$($PY -m condlora.study.frontier "$OUT" --tasks "$ALL_TASKS" --near 1.5)
   [ -z "$near" ] || { echo "$near" >"$OUT/part-b-methods.tmp" && mv "$OUT/part-b-methods.tmp" "$OUT/part-b-methods"; }
 fi
-near=$(cat "$OUT/part-b-methods" 2>/dev/null || true)
+near=$(cat "$OUT/part-b-methods" 2>/dev/null || true)   # stored names (run folders): condlora-general, ...
 if [ -n "$near" ] && [ "$near" != condlora-general ]; then
+  near=$(echo ",$near," | sed -e 's/,condlora,/,condlora-paper,/g' -e 's/,condlora-general,/,condlora,/g' \
+    -e 's/^,//' -e 's/,$//')   # as --methods names them (runner/names.py)
   echo "within 1.5 points of CondLoRA (general form) on average: $near; extending to 5 seeds"
   run_part "$near" 5                                    # part (b)
 fi

@@ -16,10 +16,10 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh
 source scripts/study-common.sh
 OUT=${OUT:-runs/converged}
-METHODS=lora,condlora,condlora-general
+METHODS=lora,condlora-paper,condlora   # stored as runs/<task>/lora, condlora, condlora-general
 
 run_part "$METHODS" 3                                 # part (a)
-better=$(condlora_better_form "$OUT")                 # condlora or condlora-general, by Table 2's average
+better=$(condlora_better_form "$OUT")                 # condlora (general) or condlora-paper, by Table 2's average
 echo "the better CondLoRA form on these tasks: $better; extending it and LoRA to 5 seeds"
 run_part "lora,$better" 5                             # part (b)
 study --tasks "$ALL_TASKS" --methods "$METHODS" --seeds 3 --quiet   # tables over every seed on disk

@@ -39,16 +39,16 @@ PROTOCOL=(--model mpnet --head dense --epochs 8 --patience 2 --group-by-length -
 ${PYTHON:-python3} -c "from condlora.runner.models import resolve_model_path as r; print('MPNet weights:', r('mpnet'))"
 
 both_methods() {  # both_methods TASK: PEFT LoRA and the general form on TASK, one worker each
-  run_jobs "$1: lora, condlora-general" 3 "--tasks $1 --methods lora --lr-grid $LORA_GRID" \
-    "--tasks $1 --methods condlora-general --lr-grid $COND_GRID"
+  run_jobs "$1: lora, condlora (general form)" 3 "--tasks $1 --methods lora --lr-grid $LORA_GRID" \
+    "--tasks $1 --methods condlora --lr-grid $COND_GRID"
 }
 if [ "$PART" = all ] || [ "$PART" = a ]; then both_methods stsb; fi
 if [ "$PART" = all ] || [ "$PART" = b ]; then both_methods mrpc; fi
 if [ "$PART" = all ] || [ "$PART" = c ]; then
-  run_jobs "condlora (paper form)" 3 "--tasks stsb --methods condlora --lr-grid $COND_GRID" \
-    "--tasks mrpc --methods condlora --lr-grid $COND_GRID"
+  run_jobs "condlora (paper form)" 3 "--tasks stsb --methods condlora-paper --lr-grid $COND_GRID" \
+    "--tasks mrpc --methods condlora-paper --lr-grid $COND_GRID"
 fi
 if [ "$PART" = all ] || [ "$PART" = d ]; then
-  study --tasks stsb,mrpc --methods lora,condlora-general,condlora --seeds 3 --tables-only --quiet
+  study --tasks stsb,mrpc --methods lora,condlora,condlora-paper --seeds 3 --tables-only --quiet
   echo "tables: $OUT/table2.md $OUT/table3.md $OUT/table4.md $OUT/figure1.md"
 fi

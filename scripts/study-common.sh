@@ -70,7 +70,8 @@ run_jobs() {
   [ "$failed" -eq 0 ] || exit 1
 }
 
-# condlora_better_form OUT: the CondLoRA form with the higher average test score over the tasks both forms ran
+# condlora_better_form OUT: the CondLoRA form with the higher average test score over the tasks both forms ran,
+# as --methods names it: condlora (general form, stored as condlora-general/) or condlora-paper (stored as condlora/)
 condlora_better_form() {
   ${PYTHON:-python3} - "$1" <<'PY'
 import json, sys
@@ -86,6 +87,7 @@ for path in Path(sys.argv[1], "runs").glob("*/*/seed*/results.json"):
 forms = {m: by_task for m, by_task in scores.items() if m in ("condlora", "condlora-general")}
 common = set.intersection(*(set(by_task) for by_task in forms.values())) if forms else set()
 avg = {m: mean(mean(by_task[t]) for t in common) for m, by_task in forms.items() if common}
-print(max(avg, key=avg.get) if avg else "condlora")
+user = {"condlora-general": "condlora", "condlora": "condlora-paper"}  # stored folder name -> --methods name
+print(user[max(avg, key=avg.get)] if avg else "condlora-paper")
 PY
 }

@@ -201,3 +201,13 @@ def test_bad_peft_weights_and_forced_paper_form_on_rectangular_layers(tmp_path, 
     save_file(tensors, file)
     assert run("--model", base, "--adapter", tmp_path / "peft", "--output-dir", tmp_path / "o") == 2
     assert "must hold finite" in capsys.readouterr().err
+
+
+def test_condlora_summary_says_its_one_is_by_construction(tmp_path, base_dir, ids, capsys):
+    cond = condlora_adapter(base_dir, tmp_path / "cond", ids)
+    assert run("--model", base_dir, "--adapter", cond, "--output-dir", tmp_path / "out") == 0
+    out = capsys.readouterr().out
+    assert "W0→A 1.000" in out and "1.000 by construction" in out
+    lora = peft_adapter(base_dir, tmp_path / "peft")
+    assert run("--model", base_dir, "--adapter", lora, "--output-dir", tmp_path / "out2") == 0
+    assert "by construction" not in capsys.readouterr().out

@@ -105,7 +105,7 @@ def test_cli_writes_table_csv_and_figure_on_partial_results(study, tmp_path, cap
     md = (tmp_path / "out" / "frontier.md").read_text()
     assert "| LoRA r=1 | 9,216 | 73.00 (n=1) ↑ |  |  | 1/1: score is a lower bound |" in md
     mean, half = ci([70.0, 72.0, 77.0])
-    assert f"| CondLoRA (general form) | 12,288 | {mean:.2f} ± {half:.2f} (n=3) |" in md
+    assert f"| CondLoRA | 12,288 | {mean:.2f} ± {half:.2f} (n=3) |" in md
     assert "No finished run yet (left out): VeRA r=256." in md
     rows = list(csv.DictReader((tmp_path / "out" / "frontier.csv").open()))
     cell = next(r for r in rows if r["method"] == "lora" and r["task"] == "stsb")

@@ -152,7 +152,7 @@ def test_bad_glue_error_names_the_file(tiny, tmp_path):
 
 def test_models_are_loaded_without_remote_code_unless_asked(tiny, tmp_path, monkeypatch, capsys):
     import condlora.analyze.report
-    import condlora.cli.export
+    import condlora.runner.models
     import condlora.runner.train
 
     seen = []
@@ -161,7 +161,7 @@ def test_models_are_loaded_without_remote_code_unless_asked(tiny, tmp_path, monk
         seen.append(trust_remote_code)
         raise CondLoRAError("stop")
 
-    for module in (condlora.runner.train, condlora.cli.export, condlora.analyze.report):
+    for module in (condlora.runner.train, condlora.runner.models, condlora.analyze.report):  # export: models
         monkeypatch.setattr(module, "load_classifier", spy)
     monkeypatch.setattr(condlora.runner.train, "load_tokenizer", spy)
     common = ["--model", tiny["model"], "--output-dir", str(tmp_path / "o")]

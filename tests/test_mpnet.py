@@ -183,7 +183,7 @@ def train_tiny(tiny_mpnet: dict[str, str], out: Path, method: str) -> int:
 def test_train_on_a_tiny_mpnet_folder_adapts_q_v_and_prints_the_counts(tiny_mpnet, tmp_path, capsys, one_thread):
     assert train_tiny(tiny_mpnet, tmp_path, "condlora-general") == 0
     out = capsys.readouterr().out
-    assert f"stsb condlora-general: {2 * (8 * 32 + 32 * 8):,} trainable adapter parameters + " \
+    assert f"stsb condlora: {2 * (8 * 32 + 32 * 8):,} trainable adapter parameters + " \
            f"{32 * 32 + 32 + 32 + 1:,} head (base model " in out
     cfg = json.loads((tmp_path / "best_adapter" / "adapter_config.json").read_text())["condlora"]
     assert cfg["target_modules"] == ["q", "v"]

@@ -292,21 +292,25 @@ def test_any_file_loads_or_names_file_and_line(tmp_path, rows, ext):
     assert data.task.is_regression or set(data.train.labels) == set(range(data.task.num_labels))
 
 
-def test_study_on_own_files(model, tmp_path, capsys):
+def test_study_on_own_files(model, tmp_path, capsys, recwarn):
     rows = [[sentence(i), "yes" if i % 2 else "no"] for i in range(N)]
     train = write_csv(tmp_path / "train.csv", ["text", "label"], rows)
     test = write_csv(tmp_path / "test.csv", ["text", "label"], rows[:12])
     out = tmp_path / "study"
-    argv = ["study", "--methods", "lora,condlora", "--seeds", "1", "--lr", "1e-2", "--model", model, "--epochs", "1",
-            "--batch-size", "8", "--max-length", "32", "--output-dir", str(out), "--quiet",
+    argv = ["study", "--methods", "lora,condlora-paper", "--seeds", "1", "--lr", "1e-2", "--model", model,
+            "--epochs", "1", "--batch-size", "8", "--max-length", "32", "--output-dir", str(out), "--quiet",
             "--train-file", str(train), "--test-file", str(test), "--task-name", "yesno"]
     assert cli_main(argv) == 0
+    assert not [w for w in recwarn if "task" in str(w.message) or "baseline" in str(w.message)]  # GLUE-only
     saved = json.loads((out / "study.json").read_text())
     assert saved["complete"] and saved["settings"]["tasks"] == ["yesno"] and len(saved["runs"]) == 2
     assert set(saved["settings"]["run_args"]["data_sha256"]) == {"train", "test"}
     assert (out / "runs" / "yesno" / "condlora" / "seed0" / "results.json").exists()
     table2 = (out / "table2.md").read_text()
     assert "| yesno" in table2 and "Test = --test-file" in table2
+    table4 = (out / "table4.md").read_text()
+    assert "published" not in table2 and "published" not in table4  # roberta-base GLUE rows: not beside own data
+    assert "shared the cores" in table4 and "condlora bench" in table4
     train.write_text(train.read_text() + "one more,no\n")
     capsys.readouterr()
     assert cli_main(argv) == 2 and "other run settings (data_sha256)" in _one_line_error(capsys, "study")

@@ -19,13 +19,13 @@ echo "$(basename "$0") $*" >> "$CALLS"
 PROTOCOL = ("study --model mpnet --head dense --epochs 8 --patience 2 --group-by-length --max-length 128 "
             "--batch-size 16 --max-train-samples 8000 --max-eval-samples 2000 --precision fp32")
 PARTS = {
-    "a": ["--tasks stsb --methods condlora-general --lr-grid 1e-3,2e-3 --seeds 3 --quiet",
+    "a": ["--tasks stsb --methods condlora --lr-grid 1e-3,2e-3 --seeds 3 --quiet",
           "--tasks stsb --methods lora --lr-grid 5e-4,1e-3 --seeds 3 --quiet"],
-    "b": ["--tasks mrpc --methods condlora-general --lr-grid 1e-3,2e-3 --seeds 3 --quiet",
+    "b": ["--tasks mrpc --methods condlora --lr-grid 1e-3,2e-3 --seeds 3 --quiet",
           "--tasks mrpc --methods lora --lr-grid 5e-4,1e-3 --seeds 3 --quiet"],
-    "c": ["--tasks mrpc --methods condlora --lr-grid 1e-3,2e-3 --seeds 3 --quiet",
-          "--tasks stsb --methods condlora --lr-grid 1e-3,2e-3 --seeds 3 --quiet"],
-    "d": ["--tasks stsb,mrpc --methods lora,condlora-general,condlora --seeds 3 --tables-only --quiet"],
+    "c": ["--tasks mrpc --methods condlora-paper --lr-grid 1e-3,2e-3 --seeds 3 --quiet",
+          "--tasks stsb --methods condlora-paper --lr-grid 1e-3,2e-3 --seeds 3 --quiet"],
+    "d": ["--tasks stsb,mrpc --methods lora,condlora,condlora-paper --seeds 3 --tables-only --quiet"],
 }
 
 
@@ -71,7 +71,7 @@ def test_one_worker_runs_a_part_one_call_after_the_other(tmp_path):
     done = run_script(tmp_path, PART="a", WORKERS="1")
     assert done.returncode == 0, done.stderr
     assert study_parts(tmp_path) == [PARTS["a"]]
-    assert done.stdout.count("training stsb: lora, condlora-general, seeds 0-2") == 2
+    assert done.stdout.count("training stsb: lora, condlora (general form), seeds 0-2") == 2
 
 
 def test_other_grids_and_an_unknown_part(tmp_path):

@@ -66,10 +66,10 @@ def test_better_form_is_the_higher_average_over_tasks(tmp_path):
     aside.mkdir()
     (aside / "results.json").write_text(json.dumps({"task": "cola", "method": "condlora-general", "test_score": 1}))
     done = run_common(tmp_path, 'condlora_better_form "$OUT"')
-    assert done.stdout.splitlines()[-1] == "condlora"  # (0.71 + 0.30) / 2 > (0.74 + 0.20) / 2
+    assert done.stdout.splitlines()[-1] == "condlora-paper"  # stored condlora/: (0.71 + 0.30) / 2 > (0.74 + 0.20) / 2
     (tmp_path / "out" / "runs" / "cola" / "condlora-general" / "seed0" / "results.json").write_text(
         json.dumps({"task": "cola", "method": "condlora-general", "test_score": 0.40}))
-    assert run_common(tmp_path, 'condlora_better_form "$OUT"').stdout.splitlines()[-1] == "condlora-general"
+    assert run_common(tmp_path, 'condlora_better_form "$OUT"').stdout.splitlines()[-1] == "condlora"  # general form
 
 
 def test_frontier_copies_the_converged_records_and_gives_each_row_its_own_grid(tmp_path):
@@ -93,7 +93,7 @@ def test_frontier_copies_the_converged_records_and_gives_each_row_its_own_grid(t
     assert not (out / "runs/mrpc/lora-frozen-a").exists() and not (out / "runs/mrpc/lora").is_symlink()
     calls = study_calls(tmp_path)
     assert [c.split("--tasks ")[1].split()[0] for c in calls] == ["cola,sst2", "mrpc,stsb", "mrpc,stsb,cola,sst2"]
-    methods = "condlora-general,lora,condlora,lora-r1,lora-r2,vera,vera-r1024,fourierft"
+    methods = "condlora,lora,condlora-paper,lora-r1,lora-r2,vera,vera-r1024,fourierft"
     for c in calls:
         assert "--lr-grid auto " in c and "1e-3" not in c and f"--output-dir {out} " in c
         assert f"--methods {methods} --seeds 3 --quiet" in c
@@ -118,7 +118,7 @@ def test_frontier_part_b_extends_the_rows_near_the_reference_once_and_draws_the_
     out = tmp_path / "out"
     calls = [c for c in (tmp_path / "calls").read_text().splitlines() if "--status" not in c]
     assert calls[2] == f"-m condlora.study.frontier {out} --tasks mrpc,stsb,cola,sst2 --near 1.5"
-    assert [c.split("--methods ")[1] for c in calls[3:5]] == ["condlora-general,lora-r2,vera --seeds 5 --quiet"] * 2
+    assert [c.split("--methods ")[1] for c in calls[3:5]] == ["condlora,lora-r2,vera --seeds 5 --quiet"] * 2
     assert calls[5].startswith("study ") and "--seeds 3" in calls[5]  # the tables over every seed on disk
     assert calls[6] == (f"-m condlora.study.frontier {out} --tasks mrpc,stsb,cola,sst2 "
                         f"--extra-runs docs/results/asymmetry --output {out}")
@@ -128,7 +128,7 @@ def test_frontier_part_b_extends_the_rows_near_the_reference_once_and_draws_the_
     assert run_common(tmp_path, f"PYTHON={fake_python} bash scripts/frontier.sh", **env).returncode == 0
     calls = [c for c in (tmp_path / "calls").read_text().splitlines() if "--status" not in c]
     assert not any("--near" in c for c in calls)
-    assert sum("--methods condlora-general,lora-r2,vera --seeds 5" in c for c in calls) == 2
+    assert sum("--methods condlora,lora-r2,vera --seeds 5" in c for c in calls) == 2
     assert calls[-1] == f"-m condlora.study.frontier {out} --tasks mrpc,stsb,cola,sst2 --output {out}"
 
 

@@ -72,20 +72,33 @@ def test_saved_keys_are_exact(tmp_path):
     assert saved["fingerprint"]["bert.encoder.layer.0.attention.self.value"] == [32, 32]
 
 
+@pytest.mark.parametrize("with_head", [True, False], ids=["head-saved", "head-not-saved"])
 @pytest.mark.parametrize("arch", sorted(MODELS))
 @pytest.mark.parametrize(("method", "train_a"), VARIANTS)
-def test_export_loads_in_real_peft(tmp_path, arch, method, train_a, ids):
+def test_export_loads_in_real_peft(tmp_path, arch, method, train_a, with_head, ids):
     build, targets = MODELS[arch]
-    save = ["classifier"] if arch in ("bert", "roberta", "distilbert") else None
+    classifier = arch in ("bert", "roberta", "distilbert")
+    save = ["classifier"] if classifier and with_head else None
     model = trained(build, method, train_a, targets, modules_to_save=save)
-    if save:
+    if classifier:  # a head that differs from the fresh base's: PEFT must load it from the export
         with torch.no_grad():
-            model.classifier.weight.add_(0.5) if hasattr(model.classifier, "weight") else None
+            for p in model.classifier.parameters():
+                p.add_(0.5)
     expected = logits(model, ids)
     export_peft_lora(model, tmp_path)
     torch.manual_seed(1234)
     peft_model = PeftModel.from_pretrained(build(), tmp_path).eval()
     torch.testing.assert_close(logits(peft_model, ids), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_export_is_byte_reproducible_with_sorted_targets(tmp_path):
+    model = trained(tiny_llama, "condlora", True, ("v_proj", "q_proj", "k_proj"))
+    export_peft_lora(model, tmp_path / "a")
+    export_peft_lora(model, tmp_path / "b")
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    targets = json.loads((tmp_path / "a" / "adapter_config.json").read_text())["target_modules"]
+    assert targets == sorted(targets) and len(targets) == 6
 
 
 def test_load_onto_other_shapes_names_first_mismatch(tmp_path):

@@ -94,18 +94,19 @@ def test_tables_match_hand_computation(tmp_path):
     assert f"{t975(2) * math.sqrt(7 / 3) / math.sqrt(3):.2f}" == "3.79"
     assert f"{t975(2) * 1.5 / math.sqrt(3):.2f}" == "3.73"
     assert "| LoRA | 69.67 ± 3.79 | 84.67 ± 3.79 | 77.17 ± 3.79 |" in md
-    assert "| CondLoRA | 72.50 ± 3.73 | 84.50 ± 3.73 | 78.50 ± 3.73 |" in md
+    assert "| CondLoRA (paper form) | 72.50 ± 3.73 | 84.50 ± 3.73 | 78.50 ± 3.73 |" in md
     assert "| Trivial baseline (majority class; 0 for MCC, Pearson) | 53.85 | 53.85 |  |" in md  # 7 of 13
-    assert "| CondLoRA (published (Kim et al. 2024), roberta-base) |  |  | 83.42 |" in md
+    assert "| CondLoRA (paper form) (published (Kim et al. 2024), roberta-base) |  |  | 83.42 |" in md
     assert "Table 2: model fake · head dense · budget ≤ 1 epochs, no early stopping · seeds 0–2." in md
     # RTE differences 2.5, 0, 6: mean 2.83, sd 3.01, CI [-4.65, +10.32]; t = 1.63 (2 df); Wilcoxon drops the 0:
     # two positive ranks, exact two-sided p = 2 / 2^2
     d = [2.5, 0.0, 6.0]
     mean, sd = sum(d) / 3, math.sqrt(sum((x - sum(d) / 3) ** 2 for x in d) / 2)
     half, p_t = t975(2) * sd / math.sqrt(3), t_two_sided_p(mean / (sd / math.sqrt(3)), 2)
-    row = f"| RTE | CondLoRA | 3 | 72.50 ± 3.73 | +2.83 [{mean - half:+.2f}, {mean + half:+.2f}] | 3 | {p_t:.3f}"
+    row = (f"| RTE | CondLoRA (paper form) | 3 | 72.50 ± 3.73 | +2.83 [{mean - half:+.2f}, {mean + half:+.2f}] | 3 "
+           f"| {p_t:.3f}")
     row += " | 0.500 |"
-    assert row == "| RTE | CondLoRA | 3 | 72.50 ± 3.73 | +2.83 [-4.65, +10.32] | 3 | 0.245 | 0.500 |"
+    assert row == "| RTE | CondLoRA (paper form) | 3 | 72.50 ± 3.73 | +2.83 [-4.65, +10.32] | 3 | 0.245 | 0.500 |"
     assert row + " undecided |" in md and "| RTE | LoRA | 3 | 69.67 ± 3.79 | reference |" in md
     rows = {(r["task"], r["method"]): r for r in csv.DictReader((out / "table2.csv").open())}
     assert float(rows["avg", "lora"]["mean"]) == pytest.approx((69 + 2 / 3 + 84 + 2 / 3) / 2)
@@ -126,7 +127,7 @@ def test_tables_match_hand_computation(tmp_path):
     assert float(t4["condlora"]["params_ratio"]) == pytest.approx(24_576 / 294_912)
     assert float(t4["condlora"]["speed_ratio"]) == pytest.approx(45 / 41)
     t4md = (out / "table4.md").read_text()
-    assert "| CondLoRA | 24,576 | 1,538–1,539 | 45.0 | 0.083 | 1.098 | 24,576 | 40.3 |" in t4md
+    assert "| CondLoRA (paper form) | 24,576 | 1,538–1,539 | 45.0 | 0.083 | 1.098 | 24,576 | 40.3 |" in t4md
     saved = json.loads((out / "study.json").read_text())
     assert saved["lr"]["rte"]["condlora"] == {"lr": PAPER_LR["rte"][1], "source": "preset paper"}
     assert len(saved["runs"]) == 12 and saved["settings"]["seeds"] == [0, 1, 2] and "optuna" in saved["versions"]
@@ -437,7 +438,7 @@ def test_paired_ttest_edge_cases():
 def test_single_seed_prints_na(tmp_path):
     run_study(settings(tmp_path, seeds=1, methods="lora,condlora"), run_fn=FakeRun())
     md = (tmp_path / "study" / "table2.md").read_text()
-    assert "| RTE | CondLoRA | 1 | 72.50 | +2.50 [CI n/a] | 1 | n/a | n/a | undecided |" in md
+    assert "| RTE | CondLoRA (paper form) | 1 | 72.50 | +2.50 [CI n/a] | 1 | n/a | n/a | undecided |" in md
     assert "| LoRA | 70.00 | 85.00 | 77.50 |" in md
 
 
@@ -492,7 +493,7 @@ def test_cli_flags_pass_through_to_every_run(tmp_path):
     assert not s.skip_unlearned
     s = settings_from_args(parser.parse_args(["--output-dir", str(tmp_path), "--lr-search", "4"]))
     assert (s.tasks, s.methods, s.seeds, s.lr_search, s.lr_preset) == (["rte", "mrpc", "stsb", "cola"],
-                                                                      ["lora", "condlora"], [0, 1, 2], 4, None)
+                                                                      ["lora", "condlora-general"], [0, 1, 2], 4, None)
     assert s.lr_range == (1e-5, 3e-3)
     argv = ["--output-dir", "x", "--lr-grid", "2e-3, 1e-3", "--lr-range", "1e-4,1e-2"]
     s = settings_from_args(parser.parse_args(argv))
@@ -528,9 +529,11 @@ def test_end_to_end_with_real_training(tmp_path, capsys):
     assert cli.main(args) == 0
     saved = json.loads((tmp_path / "s" / "study.json").read_text())
     assert saved["complete"] and len(saved["runs"]) == 2
-    params = {m: {r["trainable_params"] for r in saved["runs"] if r["method"] == m} for m in ("lora", "condlora")}
-    assert params == {"lora": {2 * 2 * 2 * 8 * 32}, "condlora": {2 * 2 * 8 * 32}}  # 2 layers x q,v x (A+B)
-    for m in ("lora", "condlora"):
+    params = {m: {r["trainable_params"] for r in saved["runs"] if r["method"] == m}
+              for m in ("lora", "condlora-general")}
+    # 2 layers x q,v x (A+B); --methods condlora is stored as condlora-general/
+    assert params == {"lora": {2 * 2 * 2 * 8 * 32}, "condlora-general": {2 * 2 * 8 * 32}}
+    for m in ("lora", "condlora-general"):
         assert saved["lr"]["rte"][m]["n_complete"] == 2 and 1e-5 <= saved["lr"]["rte"][m]["lr"] <= 3e-3
         assert (tmp_path / "s" / "runs" / "rte" / m / "seed0" / "results.json").exists()
         assert (tmp_path / "s" / "search" / "rte" / m / "trial1" / "results.json").exists()

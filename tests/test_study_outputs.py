@@ -78,7 +78,7 @@ def test_sanity_gate_leaves_unlearned_tasks_out_of_the_average(tmp_path):
     assert "| LoRA | 69.67 ± 3.79 | 84.67 ± 3.79 | 1.33 ± 5.17 | 77.17 ± 3.79 |" in md  # avg as without CoLA
     assert ("† CoLA: not learned at this budget (LoRA 1.33 (95% CI ± 5.17) vs trivial baseline 0.00: +1.33, "
             "not above max(1 point, CI half-width)); left out of Avg.") in md
-    assert "| CoLA † | CondLoRA | 3 |" in md and md.count("| n/a: not learned |") == 1  # CoLA only
+    assert "| CoLA † | CondLoRA (paper form) | 3 |" in md and md.count("| n/a: not learned |") == 1  # CoLA only
     rows = table2(tmp_path)
     assert rows["cola", "lora"]["learned"] == "False" and float(rows["cola", "lora"]["baseline"]) == 0.0
     assert float(rows["avg", "lora"]["mean"]) == pytest.approx((69 + 2 / 3 + 84 + 2 / 3) / 2)
@@ -263,7 +263,7 @@ def test_tables_only_writes_tables_from_the_runs_so_far_and_trains_nothing(tmp_p
 def test_tables_only_from_the_command_line(tmp_path, capsys):
     run_study(settings(tmp_path), run_fn=FakeRun())
     (tmp_path / "study" / "table2.md").unlink()
-    args = ["study", "--tables-only", "--tasks", "rte,mrpc", "--methods", "lora,condlora", "--lr-preset", "paper",
+    args = ["study", "--tables-only", "--tasks", "rte,mrpc", "--methods", "lora,condlora-paper", "--lr-preset", "paper",
             "--model", "fake", "--epochs", "1", "--glue-dir", glue_dir(tmp_path), "--output-dir",
             str(tmp_path / "study"), "--quiet"]
     assert cli.main(args) == 0

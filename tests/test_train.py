@@ -282,7 +282,7 @@ def test_sigkilled_process_resumes_to_the_same_result(tiny, tmp_path):
     ref = train(config(tiny, tmp_path / "ref", **kw))
     args = ["--task", "rte", "--model", tiny["model"], "--glue-dir", tiny["glue"], "--output-dir",
             str(tmp_path / "run"), "--epochs", "2", "--eval-every", "3", "--dropout", "0.1", "--seed", "2",
-            "--lr", "1e-2", "--batch-size", "8", "--max-length", "32", "--quiet"]
+            "--lr", "1e-2", "--batch-size", "8", "--max-length", "32", "--quiet", "--method", "condlora-paper"]
     killed = _cli(args, env={"CONDLORA_DEBUG_KILL_AT_STEP": "7"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not (tmp_path / "run" / "results.json").exists()
@@ -304,7 +304,8 @@ def test_torchrun_two_cpu_processes_match_one(tiny, tmp_path):
     (model / "config.json").write_text(json.dumps(cfg))
     one = train(config({**tiny, "model": str(model)}, tmp_path / "one", epochs=2, eval_every=3))
     args = ["--task", "rte", "--model", str(model), "--glue-dir", tiny["glue"], "--output-dir", str(tmp_path / "two"),
-            "--epochs", "2", "--eval-every", "3", "--lr", "1e-2", "--batch-size", "8", "--max-length", "32", "--quiet"]
+            "--epochs", "2", "--eval-every", "3", "--lr", "1e-2", "--batch-size", "8", "--max-length", "32", "--quiet",
+            "--method", "condlora-paper"]  # TrainConfig's "condlora", as `one` above
     run = _cli(args, torchrun=2)
     assert run.returncode == 0, run.stderr[-2000:]
     two = json.loads((tmp_path / "two" / "results.json").read_text())

@@ -36,19 +36,21 @@ TASK_SUFFIXES = (
     ("ForTokenClassification", "TOKEN_CLS"),
     ("ForQuestionAnswering", "QUESTION_ANS"),
 )
+# The heads PEFT adds to modules_to_save for a task type, and whose weights it then requires on load.
+PEFT_TASK_HEADS = {"SEQ_CLS": ("classifier", "score"), "TOKEN_CLS": ("classifier", "score"),
+                   "QUESTION_ANS": ("qa_outputs",)}
 NOT_PEFT = "CONDLORA (a condlora adapter, not a PEFT one: load it with condlora.load_adapter, or convert it " \
     "with condlora.export_peft_lora)"
 
 
-def _saved_modules(model: nn.Module, cfg: AdapterConfig, peft_rule: bool = False) -> dict[str, torch.Tensor]:
-    """Parameters of modules_to_save; `peft_rule` uses PEFT's plain `endswith` (which also takes
+def _saved_modules(model: nn.Module, modules: list[str] | None, peft_rule: bool = False) -> dict[str, torch.Tensor]:
+    """Parameters of `modules` (modules_to_save); `peft_rule` uses PEFT's plain `endswith` (which also takes
     'pre_classifier' for 'classifier'), so an export holds every tensor PEFT will look for."""
     out = {}
     for name, module in model.named_modules():
-        if not name or not cfg.modules_to_save:
+        if not name or not modules:
             continue
-        hit = any(name.endswith(t) for t in cfg.modules_to_save) if peft_rule else name_matches(
-            name, cfg.modules_to_save)
+        hit = any(name.endswith(t) for t in modules) if peft_rule else name_matches(name, modules)
         if hit:
             for pname, p in module.named_parameters():
                 out[f"{PEFT_MODEL_PREFIX}{name}.{pname}"] = p
@@ -67,7 +69,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         for key, gen in getattr(model, GENERATORS_ATTR).items():
             out[f"{PEFT_MODEL_PREFIX}{GENERATORS_ATTR}.{key}.theta_A"] = gen.theta_A
             out[f"{PEFT_MODEL_PREFIX}{GENERATORS_ATTR}.{key}.theta_B"] = gen.theta_B
-    out.update(_saved_modules(model, cfg))
+    out.update(_saved_modules(model, cfg.modules_to_save))
     return out
 
 
@@ -152,16 +154,17 @@ def copy_weights(targets: dict[str, torch.Tensor], tensors: dict[str, torch.Tens
             target.copy_(tensors[key].to(dtype=target.dtype, device=target.device))
 
 
-def peft_lora_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every adapted layer's A and B (generated ones for CondLoRA) under PEFT LoRA's saved names."""
-    cfg = get_config(model)
+def peft_lora_tensors(model: nn.Module, modules_to_save: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Every adapted layer's A and B (generated ones for CondLoRA) under PEFT LoRA's saved names, and the
+    parameters of `modules_to_save` (default: the adapter config's)."""
+    saved = get_config(model).modules_to_save if modules_to_save is None else modules_to_save
     out: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for name, layer in adapter_layers(model):
             a, b = layer.lora_AB()
             out[f"{PEFT_MODEL_PREFIX}{name}.lora_A.weight"] = a.detach().clone()
             out[f"{PEFT_MODEL_PREFIX}{name}.lora_B.weight"] = b.detach().clone()
-    out.update({k: v.detach() for k, v in _saved_modules(model, cfg, peft_rule=True).items()})
+    out.update({k: v.detach() for k, v in _saved_modules(model, saved, peft_rule=True).items()})
     return out
 
 
@@ -180,21 +183,34 @@ def export_peft_lora(model: nn.Module, path: str | os.PathLike, *, base_model_na
     conv = {isinstance(layer.base, Conv1D) for _, layer in layers}
     if len(conv) > 1:
         raise CondLoRAError("PEFT cannot hold Conv1D and nn.Linear targets in one LoRA config; export fewer")
+    task_type = task_type or peft_task_type(model)
+    saved = peft_modules_to_save(model, cfg.modules_to_save, task_type)
     peft_cfg = LoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
-        target_modules=[name for name, _ in layers],
+        target_modules=sorted(name for name, _ in layers),
         fan_in_fan_out=conv.pop(),
-        modules_to_save=cfg.modules_to_save,
+        modules_to_save=saved,
         base_model_name_or_path=base_model_name_or_path or cfg.base_model_name_or_path,
-        task_type=task_type or peft_task_type(model),
+        task_type=task_type,
         bias="none",
     )
+    data = peft_cfg.to_dict()
+    data["target_modules"] = sorted(data["target_modules"])  # PEFT holds a set: sorted, the file is reproducible
     path = Path(path)
-    write_safetensors(path / WEIGHTS_NAME, peft_lora_tensors(model))
-    write_text(path / CONFIG_NAME, json.dumps(peft_cfg.to_dict(), indent=2, sort_keys=True, default=list) + "\n")
+    write_safetensors(path / WEIGHTS_NAME, peft_lora_tensors(model, saved))
+    write_text(path / CONFIG_NAME, json.dumps(data, indent=2, sort_keys=True, default=sorted) + "\n")
     return path
+
+
+def peft_modules_to_save(model: nn.Module, saved: list[str] | None, task_type: str | None) -> list[str] | None:
+    """The export's modules_to_save: the adapter's, plus the head PEFT adds for `task_type` (a sequence
+    classifier's `classifier` / `score`) where the model has one, so PEFT finds every head weight it loads."""
+    names = [n for n, _ in model.named_modules() if n]
+    heads = [h for h in PEFT_TASK_HEADS.get(task_type or "", ()) if any(n.endswith(h) for n in names)]
+    out = list(saved or []) + [h for h in heads if h not in (saved or [])]
+    return out or None
 
 
 def is_adapter_dir(path: str | os.PathLike) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from .. import __version__
 from ..errors import CondLoRAError
@@ -22,14 +23,40 @@ COMMANDS = {
 }
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs as written; every option's default in its help unless the help names it."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        """Wrapped help lines that keep hyphenated names (condlora-general) whole."""
+        import textwrap
+
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        return f"{text} (default: {shown})".replace("%", "%%")
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (the usage is in `-h`), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print `PROG: error: MESSAGE (PROG -h lists the options)` and exit with code 2."""
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} -h lists the options)\n")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; only `command`'s own arguments are built (keeps `-h` fast)."""
-    parser = argparse.ArgumentParser(
-        prog="condlora", description="CondLoRA: a single linear layer yields task-adapted low-rank matrices.")
+    parser = Parser(prog="condlora", formatter_class=HelpFormatter,
+                    description="CondLoRA: a single linear layer yields task-adapted low-rank matrices.")
     parser.add_argument("--version", action="version", version=f"condlora {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
         if name == command:
             importlib.import_module(module).add_arguments(p)
     return parser

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
-from ..analysis import FORMS
-from ..analyze.report import run_analysis
+from ..config import COND_FORMS as FORMS
 from ..errors import CondLoRAError
-from ..runner.models import ALIASES_HELP
+from ..runner.names import ALIASES_HELP
+
+BY_CONSTRUCTION = ("CondLoRA: W0→A and W0→B are 1.000 by construction, every layer's A and B being the same "
+                   "linear map of its own W0; the LoRA rows and the random baselines are the comparison")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,6 +48,10 @@ def main(args: argparse.Namespace) -> int:
         import matplotlib  # noqa: F401
     except ImportError:
         raise CondLoRAError("condlora analyze draws with matplotlib: pip install 'condlora[analysis]'") from None
+    import torch
+
+    from ..analyze.report import run_analysis
+
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
@@ -64,6 +68,8 @@ def _print_summary(summary: dict, out: Path) -> None:
         print(f"{type_name}: mean off-diagonal φ (random matrices; random A, B on this W0)\n"
               f"  W0→A {m['A']} ({m['random_A']}; {m['random_adapter_A']})  "
               f"W0→B {m['B']} ({m['random_B']}; {m['random_adapter_B']})")
+        if summary.get("adapter_kind") == "condlora":
+            print(f"  ({BY_CONSTRUCTION})")
         if s["ill_conditioned"]:
             print(f"  warning: W0 too ill-conditioned for meaningful conversion matrices in "
                   f"{', '.join(s['ill_conditioned'])} (max cond {s['max_cond']:.3g})")

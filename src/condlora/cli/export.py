@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from ..model import load_adapter
-from ..runner.models import ALIASES_HELP, load_classifier, quiet_loading, saved_num_labels
-from ..serialization import export_peft_lora, read_config
+from ..runner.names import ALIASES_HELP
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,11 +22,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Load model + adapter, write the PEFT export, print where."""
+    from ..model import load_adapter
+    from ..runner.models import load_classifier, quiet_loading, saved_num_labels
+    from ..serialization import export_peft_lora, read_config
+
     cfg = read_config(args.adapter)
     num_labels = args.num_labels if args.num_labels is not None else saved_num_labels(args.adapter)
     with quiet_loading(args.quiet):
         model = load_classifier(args.model, num_labels=num_labels, trust_remote_code=args.trust_remote_code)
     load_adapter(model, args.adapter)
     path = export_peft_lora(model, args.output_dir)
-    print(f"wrote PEFT LoRA adapter ({cfg.method}, r={cfg.r}) to {path}")
+    print(f"wrote PEFT LoRA adapter ({cfg.method}, r={cfg.r}) to {path}{_same_as_train(args.adapter, path)}")
     return 0
+
+
+def _same_as_train(adapter: str, path: Path) -> str:
+    """A note when `condlora train` already wrote the same export beside the adapter (best_adapter_peft/)."""
+    twin = Path(adapter).parent / "best_adapter_peft"
+    names = ("adapter_config.json", "adapter_model.safetensors")
+    if twin.resolve() == path.resolve() or not all((twin / n).is_file() for n in names):
+        return ""
+    if all((twin / n).read_bytes() == (path / n).read_bytes() for n in names):
+        return f" (byte-identical to {twin}, which condlora train already wrote)"
+    return ""

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from ..config import COND_FORMS
 from ..errors import ConfigError
+from ..runner.names import USER_METHODS, stored_method, user_method
 from ..study.search import LR_RANGE
 from ..study.study import PASS_THROUGH, PRESETS, SEEDS_HELP, TASKS, StudySettings, run_study
-from ..study.study import STUDY_METHODS as METHODS
 from . import owndata
 
 DEFAULT_TASKS = "rte,mrpc,stsb,cola"
@@ -33,11 +33,12 @@ after 3 heartbeats (3 min) and retried with the same LR."""
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `condlora study`."""
-    p.epilog, p.formatter_class = EPILOG, argparse.RawDescriptionHelpFormatter
+    p.epilog = EPILOG
     p.add_argument("--tasks", help=f"comma-separated GLUE tasks ({', '.join(TASKS)}; default {DEFAULT_TASKS}); "
                    "or own data: --train-file")
     p.add_argument("--methods", default="lora,condlora",
-                   help=f"comma-separated methods ({', '.join(METHODS)}); Δ and p-values compare with the first. "
+                   help=f"comma-separated methods ({', '.join(USER_METHODS)}; condlora is the general form, "
+                        "condlora-paper the paper's); Δ and p-values compare with the first. "
                         "lora-r1, lora-r2, vera, vera-r1024, fourierft: rows of a tiny budget, each at its own size "
                         "(see condlora train --method)")
     p.add_argument("--seeds", default="3", metavar="N|LIST",
@@ -110,13 +111,24 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
     owndata.check(args, "tasks")  # own data: one task, named --task-name (default: the train file's name)
     run_args.update(owndata.run_args(args))
     tasks = args.task_name if args.train_file else args.tasks or DEFAULT_TASKS
-    return StudySettings(tasks=tasks, methods=args.methods, output_dir=args.output_dir, seeds=args.seeds,
+    return StudySettings(tasks=tasks, methods=stored_methods(args.methods),
+                         output_dir=args.output_dir, seeds=args.seeds,
                          lr_search=args.lr_search, lr_grid=args.lr_grid, lr_range=args.lr_range,
                          lr_preset=args.lr_preset, lr=args.lr, storage=args.storage,
                          search_seed=args.search_seed, search_only=args.search_only, tables_only=args.tables_only,
                          quiet=args.quiet,
                          run_progress=args.run_progress, skip_unlearned=args.skip_unlearned,
                          run_args=run_args)
+
+
+def stored_methods(text: str) -> str:
+    """--methods in the user's names -> the stored names of `runner.names` (condlora -> condlora-general)."""
+    given = [m.strip() for m in text.split(",") if m.strip()]
+    stored = [stored_method(m) for m in given]
+    if len(set(stored)) < len(stored):
+        raise ConfigError(f"--methods {text}: condlora and condlora-general are the same method (the general "
+                          "form); the paper's form is condlora-paper")
+    return ",".join(stored)
 
 
 def status(args: argparse.Namespace) -> int:
@@ -151,7 +163,7 @@ def main(args: argparse.Namespace) -> int:
     record = run_study(s)
     if s.search_only:
         for t, by_m in record["lr"].items():
-            print(", ".join(f"{t}/{m}: lr={v['lr']:.4g} ({v['source']})" for m, v in by_m.items()))
+            print(", ".join(f"{t}/{user_method(m)}: lr={v['lr']:.4g} ({v['source']})" for m, v in by_m.items()))
         return 0
     print(record["tables"])
     first = f"{Path(s.output_dir)}/" if s.tables_only else f"{Path(s.output_dir) / 'study.json'}, "

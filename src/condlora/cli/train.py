@@ -5,12 +5,10 @@ from __future__ import annotations
 import argparse
 
 from ..config import COND_FORMS
-from ..runner.glue import GLUE_DIR_ENV, TASKS
-from ..runner.methods import RUN_METHODS as METHODS
-from ..runner.models import ALIASES_HELP
+from ..runner.names import ALIASES_HELP, GLUE_DIR_ENV, GLUE_TASKS, USER_METHODS, stored_method, user_method
 from . import owndata
 
-TASK_CHOICES = ", ".join(TASKS)
+TASK_CHOICES = ", ".join(GLUE_TASKS)
 KILL_ENV = "CONDLORA_DEBUG_KILL_AT_STEP"
 
 
@@ -36,9 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", help=f"GLUE task: {TASK_CHOICES} (case-insensitive; SST-2, STS-B ok); "
                    "or own data: --train-file")
     owndata.add_arguments(p)
-    p.add_argument("--method", default="condlora", choices=METHODS,
-                   help="lora (real PEFT), condlora, their frozen-A / frozen-B variants, condlora-general "
-                        "(CondLoRA in the general form), full or head (default: condlora); rows of a tiny "
+    p.add_argument("--method", default="condlora", choices=USER_METHODS, metavar="METHOD",
+                   help="lora (real PEFT), condlora (the library's general form, as AdapterConfig's default; "
+                        "alias condlora-general), condlora-paper (the paper's form on square layers), "
+                        "lora-frozen-a / condlora-frozen-a (only B or Θ_B trains), lora-frozen-b / "
+                        "condlora-frozen-b (only A or Θ_A trains; these two take --cond-form), full or head "
+                        "(default: condlora); rows of a tiny "
                         "budget, all real PEFT: lora-r1, lora-r2 (LoRA at r = 1, 2 with alpha = r, i.e. scaling "
                         "1 as lora's r = 8, alpha = 8), vera (VeRA, r = 256), vera-r1024, fourierft (FourierFT, "
                         "1000 frequencies)")
@@ -71,9 +72,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dropout", type=float, default=0.0, help="adapter input dropout (default: 0)")
     p.add_argument("--target-modules", type=_modules, default=["query", "value"],
                    help="comma-separated modules to adapt (default: query,value)")
-    p.add_argument("--cond-form", default="auto", choices=COND_FORMS,
-                   help="CondLoRA's form: paper (A = Θ_A·W0ᵀ, B = W0·Θ_Bᵀ), general (A = θ_A·W0, B = W0·θ_B) or "
-                        "auto (paper on square layers, general otherwise; default)")
+    p.add_argument("--cond-form", default=None, choices=COND_FORMS,
+                   help="CondLoRA's form for condlora-paper and the frozen variants: paper (A = Θ_A·W0ᵀ, "
+                        "B = W0·Θ_Bᵀ), general (A = θ_A·W0, B = W0·θ_B) or auto (paper on square layers, general "
+                        "otherwise; default); condlora is always the general form")
     p.add_argument("--warmup-ratio", type=float, default=0.1, help="share of warmup steps (default: 0.1)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: 0)")
     p.add_argument("--eval-every", type=_positive_int, default=None, help="steps between evaluations "
@@ -94,7 +96,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default=None, choices=("fp32", "bf16", "fp16"),
                    help="fp32, or bf16/fp16 autocast on GPU; bf16 also on a CPU with native bf16 (default: what "
                         "`accelerate launch --mixed_precision` or `accelerate config` set, else fp32)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar; one line at the end (task, method, "
+                   "test score, path of results.json)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a different run in OUTPUT_DIR")
     p.add_argument("--trust-remote-code", action="store_true",
@@ -108,10 +111,30 @@ def main(args: argparse.Namespace) -> int:
     from ..runner.train import TrainConfig, train
 
     args.task = owndata.train_task(args)
+    args.method = stored_method(args.method, args.cond_form)  # the name its run folder and records keep
+    args.cond_form = args.cond_form if args.cond_form and args.method != "condlora-general" else "auto"
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    train(cfg, on_step=_debug_kill_hook())
+    results = train(cfg, on_step=_debug_kill_hook())
+    if cfg.quiet and _main_process():
+        print(quiet_line(cfg.task, cfg.method, results, cfg.output_dir))
     return 0
+
+
+def quiet_line(task: str, method: str, results: dict, output_dir: str) -> str:
+    """--quiet's one line: task, method (as the user names it), test score, where results.json is."""
+    from pathlib import Path
+
+    score = results.get("test_score")
+    test = "no test file" if score is None else f"test {results.get('metric', 'score')} {score:.4f}"
+    return f"{task} {user_method(method)}: {test}; results in {Path(output_dir) / 'results.json'}"
+
+
+def _main_process() -> bool:
+    """Whether this is the only or the first process of a torchrun / accelerate launch."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _debug_kill_hook():

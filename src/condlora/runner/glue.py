@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from ..errors import CondLoRAError
+from .names import GLUE_DIR_ENV
 
 SPLIT_SEED = 1
 VAL_FRACTION = 0.1
 HUB_DATASET = "nyu-mll/glue"
-GLUE_DIR_ENV = "CONDLORA_GLUE_DIR"
 SCORE_RANGE = (0.0, 5.0)  # STS-B similarity scores
 
 

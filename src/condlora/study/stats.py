@@ -146,7 +146,7 @@ def gate(ref: Summary, baseline: float, ref_label: str = "reference", margin: fl
     if ref.n == 0:
         return Gate(baseline, False, f"no {ref_label} runs yet")
     if math.isnan(baseline):
-        return Gate(baseline, True, "trivial baseline unknown (GLUE dev labels not readable); not gated")
+        return Gate(baseline, True, "trivial baseline unknown (no readable GLUE dev labels); not gated")
     need = max(margin, 0.0 if math.isnan(ref.half) else ref.half)
     gain = ref.mean - baseline
     ci = "n/a" if math.isnan(ref.half) else f"{ref.half:.2f}"
