@@ -18,7 +18,8 @@
 #   python -m condlora.study.frontier runs/frontier --tasks mrpc,stsb,cola,sst2 \
 #       --extra-runs docs/results/asymmetry --output runs/frontier
 # Environment: as scripts/main.sh; MAIN (default docs/results/converged) is the converged study's folder,
-# OUT (default runs/frontier) this study's; SKIP_INSTALL=1 skips scripts/install.sh.
+# OUT (default runs/frontier) this study's; RECORDS (default docs/results/frontier) its committed records;
+# SKIP_INSTALL=1 skips scripts/install.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "${SKIP_INSTALL:-0}" = 1 ] || bash scripts/install.sh
@@ -40,6 +41,16 @@ for t in ${ALL_TASKS//,/ }; do        # the converged study's finished runs and 
       fi
     done
   done
+done
+# finished runs and trials of this study committed under RECORDS (records only: config, metrics, results),
+# copied into OUT where OUT lacks them, so a fresh checkout resumes where the committed records end
+RECORDS=${RECORDS:-docs/results/frontier}
+for dir in "$RECORDS"/runs/*/*/seed* "$RECORDS"/search/*/*/trial*; do
+  [ -f "$dir/results.json" ] || continue
+  dest=$OUT/${dir#"$RECORDS"/}
+  [ -e "$dest" ] && continue
+  mkdir -p "$(dirname "$dest")"
+  cp -R "$dir" "$dest.tmp" && mv "$dest.tmp" "$dest"
 done
 METHODS=condlora,lora,condlora-paper,lora-r1,lora-r2,vera,vera-r1024,fourierft
 PY=${PYTHON:-python3}

@@ -83,7 +83,12 @@ def test_frontier_copies_the_converged_records_and_gives_each_row_its_own_grid(t
     fake_python = tmp_path / "python"
     fake_python.write_text(f'#!/usr/bin/env bash\necho "$*" >> {tmp_path / "pip-calls"}\n')
     fake_python.chmod(0o755)
-    env = {"SKIP_INSTALL": "1", "MAIN": str(main)}
+    records = tmp_path / "records"  # this study's own committed records: finished ones are copied back
+    for leaf, finished in (("trial0", True), ("trial1", False)):
+        d = records / "search" / "mrpc" / "lora-r1" / leaf
+        d.mkdir(parents=True)
+        (d / ("results.json" if finished else "config.json")).write_text(json.dumps({"method": "lora-r1"}))
+    env = {"SKIP_INSTALL": "1", "MAIN": str(main), "RECORDS": str(records)}
     done = run_common(tmp_path, f"PYTHON={fake_python} bash scripts/frontier.sh", **env)
     assert done.returncode == 0, done.stderr
     assert "pip" not in (tmp_path / "pip-calls").read_text()  # SKIP_INSTALL=1: no scripts/install.sh
@@ -91,6 +96,8 @@ def test_frontier_copies_the_converged_records_and_gives_each_row_its_own_grid(t
     assert json.loads((out / "runs/mrpc/lora/seed0/results.json").read_text()) == {"method": "lora"}
     assert (out / "search/mrpc/condlora-general/trial0/results.json").is_file()
     assert not (out / "runs/mrpc/lora-frozen-a").exists() and not (out / "runs/mrpc/lora").is_symlink()
+    assert (out / "search/mrpc/lora-r1/trial0/results.json").is_file()  # a finished trial resumes from its record
+    assert not (out / "search/mrpc/lora-r1/trial1").exists()  # an unfinished one trains again
     calls = study_calls(tmp_path)
     assert [c.split("--tasks ")[1].split()[0] for c in calls] == ["cola,sst2", "mrpc,stsb", "mrpc,stsb,cola,sst2"]
     methods = "condlora,lora,condlora-paper,lora-r1,lora-r2,vera,vera-r1024,fourierft"
@@ -112,7 +119,8 @@ def test_frontier_part_b_extends_the_rows_near_the_reference_once_and_draws_the_
     fake_python = tmp_path / "python"
     fake_python.write_text(FAKE_FRONTIER)
     fake_python.chmod(0o755)
-    env = {"SKIP_INSTALL": "1", "MAIN": str(tmp_path / "none"), "NEAR": "condlora-general,lora-r2,vera"}
+    env = {"SKIP_INSTALL": "1", "MAIN": str(tmp_path / "none"), "RECORDS": str(tmp_path / "none"),
+           "NEAR": "condlora-general,lora-r2,vera"}
     done = run_common(tmp_path, f"PYTHON={fake_python} bash scripts/frontier.sh", **env)
     assert done.returncode == 0, done.stderr
     out = tmp_path / "out"
@@ -136,6 +144,7 @@ def test_frontier_part_b_is_skipped_when_no_row_is_near(tmp_path):
     fake_python = tmp_path / "python"
     fake_python.write_text(FAKE_FRONTIER)
     fake_python.chmod(0o755)
-    env = {"SKIP_INSTALL": "1", "MAIN": str(tmp_path / "none"), "NEAR": "condlora-general"}
+    env = {"SKIP_INSTALL": "1", "MAIN": str(tmp_path / "none"), "RECORDS": str(tmp_path / "none"),
+           "NEAR": "condlora-general"}
     assert run_common(tmp_path, f"PYTHON={fake_python} bash scripts/frontier.sh", **env).returncode == 0
     assert "--seeds 5" not in (tmp_path / "calls").read_text()
