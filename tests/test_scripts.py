@@ -115,12 +115,17 @@ case "$*" in *--near*) echo "$NEAR";; esac
 """
 
 
-def test_frontier_part_b_extends_the_rows_near_the_reference_once_and_draws_the_frontier(tmp_path):
+def frontier_stand_in(tmp_path, near: str):
+    """A stand-in python for frontier.sh whose `--near` answers `near`, and the script's environment."""
     fake_python = tmp_path / "python"
     fake_python.write_text(FAKE_FRONTIER)
     fake_python.chmod(0o755)
-    env = {"SKIP_INSTALL": "1", "MAIN": str(tmp_path / "none"), "RECORDS": str(tmp_path / "none"),
-           "NEAR": "condlora-general,lora-r2,vera"}
+    none = str(tmp_path / "none")
+    return fake_python, {"SKIP_INSTALL": "1", "MAIN": none, "RECORDS": none, "NEAR": near}
+
+
+def test_frontier_part_b_extends_the_rows_near_the_reference_once_and_draws_the_frontier(tmp_path):
+    fake_python, env = frontier_stand_in(tmp_path, "condlora-general,lora-r2,vera")
     done = run_common(tmp_path, f"PYTHON={fake_python} bash scripts/frontier.sh", **env)
     assert done.returncode == 0, done.stderr
     out = tmp_path / "out"
@@ -141,10 +146,6 @@ def test_frontier_part_b_extends_the_rows_near_the_reference_once_and_draws_the_
 
 
 def test_frontier_part_b_is_skipped_when_no_row_is_near(tmp_path):
-    fake_python = tmp_path / "python"
-    fake_python.write_text(FAKE_FRONTIER)
-    fake_python.chmod(0o755)
-    env = {"SKIP_INSTALL": "1", "MAIN": str(tmp_path / "none"), "RECORDS": str(tmp_path / "none"),
-           "NEAR": "condlora-general"}
+    fake_python, env = frontier_stand_in(tmp_path, "condlora-general")
     assert run_common(tmp_path, f"PYTHON={fake_python} bash scripts/frontier.sh", **env).returncode == 0
     assert "--seeds 5" not in (tmp_path / "calls").read_text()
