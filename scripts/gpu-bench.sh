@@ -3,7 +3,7 @@
 # library's LoRA and condlora, and merged / unmerged inference, in five regimes on one CUDA GPU, roberta-base
 # shape with random weights (built from its config: no download), query+value, r=8, 3 interleaved repeats.
 # Runs from the source tree without installing (PYTHONPATH=src; needs torch with CUDA, transformers, peft).
-# About 4 minutes on an H200; each regime is cut at the time left of a 290 s budget (GPU_BENCH_BUDGET_S);
+# About 4 minutes on an H200; each regime is cut at the time left of a 330 s budget (GPU_BENCH_BUDGET_S);
 # what time is left then runs the tests marked gpu (where pytest is installed).
 # Prints each regime's `condlora bench` table, then the markdown summary; the JSON, logs and summary.md go
 # to $OUT if set, else runs/gpu-bench.
