@@ -295,7 +295,7 @@ def test_any_file_loads_or_names_file_and_line(tmp_path, rows, ext):
 def test_study_on_own_files(model, tmp_path, capsys, recwarn):
     rows = [[sentence(i), "yes" if i % 2 else "no"] for i in range(N)]
     train = write_csv(tmp_path / "train.csv", ["text", "label"], rows)
-    test = write_csv(tmp_path / "test.csv", ["text", "label"], rows[:12])
+    test = write_csv(tmp_path / "test.csv", ["text", "label"], rows[:11])  # 6 "no", 5 "yes"
     out = tmp_path / "study"
     argv = ["study", "--methods", "lora,condlora-paper", "--seeds", "1", "--lr", "1e-2", "--model", model,
             "--epochs", "1", "--batch-size", "8", "--max-length", "32", "--output-dir", str(out), "--quiet",
@@ -308,6 +308,8 @@ def test_study_on_own_files(model, tmp_path, capsys, recwarn):
     assert (out / "runs" / "yesno" / "condlora" / "seed0" / "results.json").exists()
     table2 = (out / "table2.md").read_text()
     assert "| yesno" in table2 and "Test = --test-file" in table2
+    assert "| Trivial baseline (majority class; 0 for MCC, Pearson) | 54.55 |" in table2  # of the test file
+    assert "GLUE" not in table2
     table4 = (out / "table4.md").read_text()
     assert "published" not in table2 and "published" not in table4  # roberta-base GLUE rows: not beside own data
     assert "shared the cores" in table4 and "condlora bench" in table4

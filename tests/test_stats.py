@@ -160,6 +160,20 @@ def test_asymmetry_contrast_table(tmp_path):
     assert t.contrasts["condlora-general", "condlora"]["mrpc"].diff.mean == pytest.approx(26 / 3)
 
 
+def test_table4_names_methods_without_a_run(tmp_path):
+    """A method with no finished run (not trained yet, or skipped as unlearned) gets an empty row and a note."""
+    from condlora.study.tables import write_tables
+
+    runs = [{"task": "mrpc", "method": "lora", "seed": s, "test_score": 0.8, "trainable_params": 73728,
+             "head_params": 10, "examples_per_sec": 2.0} for s in range(2)]
+    write_tables(runs, ["mrpc"], ["lora", "condlora-general"], tmp_path, "h", {"mrpc": 68.0})
+    md = (tmp_path / "table4.md").read_text()
+    assert "| CondLoRA |  |" in md and "No finished run of CondLoRA in this study" in md
+    runs.append({**runs[0], "method": "condlora-general", "trainable_params": 12288})
+    write_tables(runs, ["mrpc"], ["lora", "condlora-general"], tmp_path, "h", {"mrpc": 68.0})
+    assert "No finished run" not in (tmp_path / "table4.md").read_text()
+
+
 def statistics_sd(xs: list[float]) -> float:
     """Sample standard deviation, by hand."""
     m = sum(xs) / len(xs)

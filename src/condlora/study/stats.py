@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = ["Comparison", "Gate", "Summary", "compare", "gate", "majority_baseline", "mean_ci", "paired_ttest",
-           "trivial_baseline", "verdict", "wilcoxon_p"]
+           "own_trivial_baseline", "trivial_baseline", "verdict", "wilcoxon_p"]
 
 CONFIDENCE = 0.95
 EQUIVALENCE_MARGIN = 1.0  # points: |Δ| CI inside this is "on par"
@@ -146,7 +146,8 @@ def gate(ref: Summary, baseline: float, ref_label: str = "reference", margin: fl
     if ref.n == 0:
         return Gate(baseline, False, f"no {ref_label} runs yet")
     if math.isnan(baseline):
-        return Gate(baseline, True, "trivial baseline unknown (no readable GLUE dev labels); not gated")
+        return Gate(baseline, True, "trivial baseline unknown (test labels not readable, or no trivial value for "
+                                    "this metric); not gated")
     need = max(margin, 0.0 if math.isnan(ref.half) else ref.half)
     gain = ref.mean - baseline
     ci = "n/a" if math.isnan(ref.half) else f"{ref.half:.2f}"
@@ -179,3 +180,19 @@ def trivial_baseline(task: str, glue_dir: str | None = None, max_eval_samples: i
     parts = {"matched": data.test_parts["matched"]} if "matched" in data.test_parts else data.test_parts
     labels = [y for ex in parts.values() for y in subsample(ex, max_eval_samples).labels]
     return majority_baseline(spec.metric, labels)
+
+
+def own_trivial_baseline(run_args: dict) -> float:
+    """The trivial baseline of an own-data study on the test file its runs score: the majority class for
+    accuracy, 0 for MCC, Pearson and Spearman, unknown (NaN) for F1."""
+    from ..runner.glue import subsample
+    from ..runner.owndata import load_files
+    from ..runner.train_config import TrainConfig
+
+    cfg = TrainConfig(**{k: v for k, v in run_args.items() if k in TrainConfig.__dataclass_fields__})
+    data = load_files(cfg)
+    metric = data.task.metric
+    if metric == "f1" or not data.test_parts:
+        return math.nan
+    labels = [y for ex in data.test_parts.values() for y in subsample(ex, cfg.max_eval_samples).labels]
+    return majority_baseline(metric, labels)

@@ -191,6 +191,15 @@ def markdown(rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _no_runs_note(rows: list[Table4Row]) -> str:
+    """A line under Table 4 naming the methods without a finished run (their rows are empty)."""
+    empty = [METHOD_LABELS[r.method] for r in rows if not r.adapter_params]
+    if not empty:
+        return ""
+    return (f"\nNo finished run of {', '.join(empty)} in this study (not trained yet, or skipped by "
+            "--skip-unlearned on every task the reference did not learn): the row stays empty.\n")
+
+
 def table4_csv(rows: list[Table4Row]) -> str:
     """Table 4 as CSV (params as 'a' or 'a-b' when they differ between tasks)."""
     buf = io.StringIO()
@@ -308,14 +317,16 @@ def caption(t: Table2, header: str) -> str:
     """The text above Table 2: the settings line, metrics, and how to read the cells."""
     metrics = ", ".join(f"{TASK_LABELS.get(k, k)} {TASK_METRICS.get(k, 'main metric')}" for k in t.tasks)
     ref, conf = METHOD_LABELS[t.methods[0]], round(100 * CONFIDENCE)
-    test = "official GLUE dev set" if all(k in TASK_LABELS for k in t.tasks) else "--test-file"  # own data
+    glue = is_glue(t.tasks)
+    test = "official GLUE dev set" if glue else "--test-file"  # own data
+    published = (" Published averages are over all 8 GLUE tasks on roberta-base: comparable only then." if glue
+                 else "")
     return (f"Table 2: {header}.\nTest = {test}, x100 ({metrics}). Cells: mean ± half-width of the "
             f"{conf}% CI over seeds (t, n−1 df; no ± when n = 1). Avg.: over the tasks {ref} learned (its mean beats "
             "the trivial baseline by more than 1 point and by more than its CI half-width), CI from per-seed "
             f"averages. Δ: method − {ref}, paired by seed; p (t): paired t-test; p (Wilcoxon): signed-rank test; "
             f"verdict: on par if the Δ CI lies within ±{EQUIVALENCE_MARGIN:g} point, better / worse if it lies above "
-            "/ below 0, else undecided (n/a on tasks not learned). Published averages are over all 8 GLUE tasks on "
-            "roberta-base: comparable only then.\n")
+            f"/ below 0, else undecided (n/a on tasks not learned).{published}\n")
 
 
 def table2_csv(t: Table2) -> str:
@@ -370,7 +381,7 @@ def write_tables(runs: list[dict], tasks: list[str], methods: list[str], out_dir
         write_text(out / "table2_contrasts.csv", contrasts_csv(t2))
     md4 = ("Table 4: trainable parameters and training examples/s (mean over this study's runs, measured while "
            "the study's workers shared the cores; `condlora bench` measures speed alone).\n\n"
-           + markdown(table4_rows(t4, published=is_glue(tasks))))
+           + markdown(table4_rows(t4, published=is_glue(tasks))) + _no_runs_note(t4))
     write_text(out / "table2.md", md2)
     write_text(out / "table2.csv", table2_csv(t2))
     write_text(out / "table4.md", md4)
