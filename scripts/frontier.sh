@@ -19,7 +19,8 @@
 #       --extra-runs docs/results/asymmetry --output runs/frontier
 # Environment: as scripts/main.sh; MAIN (default docs/results/converged) is the converged study's folder,
 # OUT (default runs/frontier) this study's; RECORDS (default docs/results/frontier) its committed records;
-# SKIP_INSTALL=1 skips scripts/install.sh.
+# SKIP_INSTALL=1 skips scripts/install.sh. To commit the finished new-row runs (records only) for a later resume:
+#   bash scripts/save-records.sh runs/frontier docs/results/frontier lora-r1 lora-r2 vera vera-r1024 fourierft
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "${SKIP_INSTALL:-0}" = 1 ] || bash scripts/install.sh

@@ -149,3 +149,35 @@ def test_frontier_part_b_is_skipped_when_no_row_is_near(tmp_path):
     fake_python, env = frontier_stand_in(tmp_path, "condlora-general")
     assert run_common(tmp_path, f"PYTHON={fake_python} bash scripts/frontier.sh", **env).returncode == 0
     assert "--seeds 5" not in (tmp_path / "calls").read_text()
+
+
+def test_save_records_copies_finished_runs_only_records_only(tmp_path):
+    """scripts/save-records.sh: finished seeds and trials (results.json present) are copied as config, metrics and
+    results; unfinished runs, adapters and checkpoints stay behind; a METHOD list limits the rows; a record
+    already saved is kept."""
+    study, records = tmp_path / "study", tmp_path / "records"
+    done = [study / "runs/mrpc/vera/seed1", study / "search/cola/lora-r1/trial0", study / "runs/mrpc/lora/seed0"]
+    for d in done:
+        (d / "best_adapter").mkdir(parents=True)
+        (d / "checkpoint").mkdir()
+        for f in ("config.json", "metrics.jsonl", "results.json", "best_adapter/adapter_model.safetensors"):
+            (d / f).write_text(f"{d.name} {f}")
+    running = study / "runs/mrpc/vera/seed2"
+    running.mkdir(parents=True)
+    (running / "config.json").write_text("{}")
+
+    def save(*methods: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "scripts/save-records.sh", str(study), str(records), *methods], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60, check=True)
+
+    got = save("vera", "lora-r1")
+    assert sorted(got.stdout.split()) == ["runs/mrpc/vera/seed1", "search/cola/lora-r1/trial0"]
+    saved = sorted(str(p.relative_to(records)) for p in records.rglob("*") if p.is_file())
+    assert saved == [f"{r}/{f}" for r in ("runs/mrpc/vera/seed1", "search/cola/lora-r1/trial0")
+                     for f in ("config.json", "metrics.jsonl", "results.json")]
+    assert (records / "runs/mrpc/vera/seed1/results.json").read_text() == "seed1 results.json"
+    (done[0] / "results.json").write_text("changed")
+    assert save().stdout.split() == ["runs/mrpc/lora/seed0"]  # every row; the saved vera record is kept
+    assert (records / "runs/mrpc/vera/seed1/results.json").read_text() == "seed1 results.json"
+    assert subprocess.run(["bash", "scripts/save-records.sh", str(tmp_path / "nope"), str(records)], cwd=ROOT,
+                          capture_output=True, text=True).returncode == 2
