@@ -12,6 +12,7 @@ import argparse
 import math
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -205,6 +206,7 @@ def _mean(values: list[float | None]) -> float | None:
 
 def line_plot(path: Path, layers: list[int], columns: dict[str, tuple[str, list[float | None]]],
                random_mean: float | None) -> None:
+    """φ per layer, one line per column, with the random baseline dashed: a PNG at `path`."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4))
@@ -223,7 +225,8 @@ def line_plot(path: Path, layers: list[int], columns: dict[str, tuple[str, list[
     _png(path, fig)
 
 
-def base_loader(model: str, num_labels: int | None, trust_remote_code: bool = False):
+def base_loader(model: str, num_labels: int | None,
+                trust_remote_code: bool = False) -> Callable[[int | None], nn.Module]:
     """A cached loader `base(num_labels)` of the base model behind `model`."""
     cache: dict[int, nn.Module] = {}
 

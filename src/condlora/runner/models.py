@@ -6,6 +6,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -13,6 +14,9 @@ from torch import nn
 from ..errors import CondLoRAError, ConfigError
 from ..serialization import WEIGHTS_NAME, read_tensors
 from . import mpnet
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 from .names import ALIASES_HELP, HEADS, MINILM, MPNET, ROBERTA_RANDOM  # noqa: F401  (re-exported)
 
 # the hub id an alias stands for: recorded as base_model_name_or_path in adapters and PEFT exports
@@ -82,7 +86,7 @@ def load_classifier(name: str, num_labels: int, dtype: torch.dtype | None = None
     return model
 
 
-def load_tokenizer(name: str, trust_remote_code: bool = False):
+def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """The tokenizer of model `name`."""
     from transformers import AutoTokenizer
 

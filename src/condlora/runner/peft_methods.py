@@ -18,6 +18,7 @@ PEFT cannot adapt the target modules.
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -27,6 +28,9 @@ from ..inject import linear_names
 from ..layers import draw_matrix, module_seed
 from ..serialization import PEFT_MODEL_PREFIX as PEFT_PREFIX
 from .method_defaults import MethodSetup, method_defaults
+
+if TYPE_CHECKING:
+    from peft import PeftConfig
 
 LORA_FROZEN = {"lora": None, "lora-frozen-a": "A", "lora-frozen-b": "B", "lora-r1": None, "lora-r2": None}
 PEFT_METHODS = (*LORA_FROZEN, "vera", "vera-r1024", "fourierft")  # saved by PEFT's save_pretrained
@@ -43,7 +47,7 @@ def add_peft(model: nn.Module, s: MethodSetup, saved: list[str]) -> nn.Module:
     return model
 
 
-def peft_config(kind: str, s: MethodSetup, saved: list[str]):
+def peft_config(kind: str, s: MethodSetup, saved: list[str]) -> PeftConfig:
     """The `peft.LoraConfig`, `peft.VeraConfig` or `peft.FourierFTConfig` of `s` (kind: lora, vera, fourierft)."""
     common = {"task_type": "SEQ_CLS", "target_modules": list(s.target_modules), "modules_to_save": list(saved)}
     d = method_defaults(s.method)
