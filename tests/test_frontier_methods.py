@@ -262,11 +262,12 @@ def test_bench_trains_and_merges_the_rows(tmp_path):
 
     tiny_bert().save_pretrained(tmp_path / "tiny")
     argv = ["bench", "--model", str(tmp_path / "tiny"), "--batch-size", "2", "--max-length", "8", "--steps", "1",
-            "--warmup", "0", "--repeats", "1", "--methods", "vera,infer-merged-fourierft", "--threads", "1",
+            "--warmup", "0", "--repeats", "1", "--methods", "vera,lora-r2,infer-merged-fourierft", "--threads", "1",
             "--json", str(tmp_path / "b.json"), "--quiet"]
     assert bench_cli.main(build_parser("bench").parse_args(argv)) == 0
     res = json.loads((tmp_path / "b.json").read_text())["results"]
     assert res["vera"]["trainable"] == 32 * 2 + 2 + 4 * (256 + 32)  # linear head + 2 layers x query, value
+    assert res["lora-r2"]["trainable"] == 32 * 2 + 2 + 4 * 2 * (32 + 32)  # r 2: A and B of 4 layers
     assert res["infer-merged-fourierft"]["trainable"] == 0 and res["infer-merged-fourierft"]["step_s"] > 0
 
 

@@ -23,10 +23,11 @@ import time
 from ..errors import CondLoRAError
 
 # real PEFT rows at their own sizes (runner.method_defaults): trained, and merged for inference
-PEFT_ROWS = ("lora-r1", "vera", "vera-r1024", "fourierft")
+PEFT_ROWS = ("lora-r1", "lora-r2", "vera", "vera-r1024", "fourierft")
 TRAIN_METHODS = ("floor", "base", "lora", "native-lora", "condlora", "condlora-frozen-a", "native-lora-frozen-a",
                  "full", *PEFT_ROWS)
-INFER_METHODS = ("infer-base", "infer-merged", "infer-condlora", *(f"infer-merged-{m}" for m in PEFT_ROWS[1:]))
+INFER_METHODS = ("infer-base", "infer-merged", "infer-condlora",  # a merged LoRA is a merged LoRA at any rank
+                 *(f"infer-merged-{m}" for m in PEFT_ROWS if not m.startswith("lora")))
 BENCH_METHODS = TRAIN_METHODS + INFER_METHODS  # every method `condlora bench` measures
 # all by default but `floor`, which runs on request (`--floor`): the frozen forward and activation-gradient
 # backward, nothing trained
