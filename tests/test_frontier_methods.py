@@ -18,7 +18,7 @@ from condlora.runner.methods import MethodSetup, setup_method
 from condlora.runner.models import head_module_names
 from condlora.runner.train import TrainConfig, param_groups, train
 from condlora.study.study import StudySettings, run_study
-from conftest import logits, tiny_bert
+from conftest import logits, tiny_bert, tiny_roberta
 from glue_fixtures import make_tiny_model_dir, write_glue
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (conftest.py)
@@ -90,6 +90,23 @@ def nonzero(model):
             if p.requires_grad:
                 p.add_(0.3 * torch.randn_like(p))
     return model
+
+
+@pytest.mark.parametrize("make", [tiny_bert, tiny_roberta], ids=["bert-pooler", "roberta-head"])
+@pytest.mark.parametrize("method", ROW_NAMES)
+def test_merge_peft_gives_a_plain_model_with_the_same_logits(method, make):
+    """`merge_peft` merges every row, also where PEFT 0.21's merge_and_unload fails (a saved head module
+    without .weight: BERT's pooler with the dense head, roberta-base's classification head)."""
+    from peft.utils import ModulesToSaveWrapper
+
+    from condlora.runner.peft_methods import merge_peft
+
+    torch.manual_seed(1)
+    model = nonzero(build(method, make(), n_frequency=100)).eval()
+    unmerged = logits(model, IDS)
+    merged = merge_peft(model)
+    assert type(merged) is type(make()) and not any(isinstance(m, ModulesToSaveWrapper) for m in merged.modules())
+    torch.testing.assert_close(logits(merged, IDS), unmerged, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("method", ROW_NAMES)

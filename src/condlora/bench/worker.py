@@ -72,6 +72,7 @@ def apply_method(model: nn.Module, method: str, r: int, alpha: float, targets: l
 def _peft_row(model: nn.Module, method: str, targets: list[str], merged: bool) -> nn.Module:
     """A PEFT row at its own sizes with the linear head; `merged`: a trained-looking adapter merged into W."""
     from ..runner.methods import MethodSetup, setup_method
+    from ..runner.peft_methods import merge_peft
 
     model = setup_method(model, MethodSetup.row(method, targets, head="linear"))
     if not merged:
@@ -81,7 +82,7 @@ def _peft_row(model: nn.Module, method: str, targets: list[str], merged: bool) -
         for p in model.parameters():
             if p.requires_grad:
                 p.copy_(torch.randn(p.shape, generator=gen).to(p.dtype))
-    return model.merge_and_unload()
+    return merge_peft(model)
 
 
 class _Tap(torch.autograd.Function):

@@ -12,7 +12,8 @@
   train and count.
 
 `peft_model` wraps `peft.get_peft_model` for every caller (`condlora bench` too): one clear error line where
-PEFT cannot adapt the target modules.
+PEFT cannot adapt the target modules. `merge_peft` merges any of these rows, also where PEFT 0.21's own
+`merge_and_unload` fails.
 """
 
 from __future__ import annotations
@@ -81,6 +82,23 @@ def peft_model(model: nn.Module, config, target_modules: list[str]) -> nn.Module
         raise ConfigError(f"peft could not apply {name} with target_modules {target_modules} "
                           f"({str(e).split('.')[0]}); linear modules in this model: "
                           f"{', '.join(linear_names(model))}") from None
+
+
+def merge_peft(model: nn.Module) -> nn.Module:
+    """`model.merge_and_unload()` of a PEFT model, its saved modules unwrapped first: PEFT 0.21's VeRA and
+    FourierFT fail on a saved module without a `.weight` of its own (BERT's pooler, roberta-base's head;
+    huggingface/peft#3114). Unwrapping keeps the trained copy, as `merge_and_unload` would."""
+    from peft.utils import ModulesToSaveWrapper
+
+    done: list[str] = []
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, ModulesToSaveWrapper) or any(name.startswith(d + ".") for d in done):
+            continue
+        active = module.active_adapter if isinstance(module.active_adapter, str) else module.active_adapter[0]
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent), attr, module.modules_to_save[active])
+        done.append(name)
+    return model.merge_and_unload()
 
 
 def _freeze_sides(model: nn.Module, frozen: str, seed: int) -> None:
