@@ -2,8 +2,8 @@
 # Copy the records of every finished training of a study folder into a folder that is committed: for each
 # runs/<task>/<method>/seed<k> and search/<task>/<method>/trial<k> holding a results.json, its config.json,
 # metrics.jsonl and results.json (no adapters, no checkpoints: kilobytes per run). Records already there are
-# left as they are. The study scripts (frontier.sh, paper-scale.sh) read such a folder back (RECORDS) and resume
-# from it, so a fresh checkout does not train those runs again.
+# left as they are. frontier.sh reads such a folder back (RECORDS) and resumes from it, so a fresh checkout does
+# not train those runs again; for other studies the records are kept as evidence only.
 #   bash scripts/save-records.sh runs/frontier docs/results/frontier [METHOD ...]
 # METHODs (stored folder names) limit the copy to those rows; default: every row. Prints what it copied.
 set -euo pipefail

@@ -14,10 +14,10 @@ from torch import nn
 from ..errors import CondLoRAError, ConfigError
 from ..serialization import WEIGHTS_NAME, read_tensors
 from . import mpnet
+from .names import ALIASES_HELP, HEADS, MINILM, MPNET, ROBERTA_RANDOM  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
-from .names import ALIASES_HELP, HEADS, MINILM, MPNET, ROBERTA_RANDOM  # noqa: F401  (re-exported)
 
 # the hub id an alias stands for: recorded as base_model_name_or_path in adapters and PEFT exports
 HUB_IDS = {MINILM: "sentence-transformers/all-MiniLM-L6-v2", MPNET: mpnet.HUB_ID}
