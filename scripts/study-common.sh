@@ -1,4 +1,5 @@
-# Shared by scripts/main.sh and scripts/asymmetry.sh: the study's protocol, the GLUE source, the workers.
+# Shared by scripts/main.sh, asymmetry.sh, frontier.sh and paper-scale.sh: the study's protocol, the GLUE source,
+# the workers, the committed records read back.
 # shellcheck shell=bash
 GLUE=${CONDLORA_GLUE_DIR:-$(cd .. && pwd)/shared/data/glue}
 if [ -d "$GLUE" ]; then
@@ -68,6 +69,19 @@ run_jobs() {
   condlora study --status --report "$OUT/partial.md" --output-dir "$OUT"
   echo "$label, seeds 0-$((seeds - 1)): $(( (SECONDS - start) / 60 )) min"
   [ "$failed" -eq 0 ] || exit 1
+}
+
+# restore_records RECORDS: every finished run and LR trial saved under RECORDS by scripts/save-records.sh (its
+# records, and its best adapter where saved) copied into $OUT where $OUT lacks it, so the study reuses it
+restore_records() {
+  local records=${1%/} dir dest
+  for dir in "$records"/runs/*/*/seed* "$records"/search/*/*/trial*; do
+    [ -f "$dir/results.json" ] || continue
+    dest=$OUT/${dir#"$records"/}
+    [ -e "$dest" ] && continue
+    mkdir -p "$(dirname "$dest")"
+    cp -R "$dir" "$dest.tmp" && mv "$dest.tmp" "$dest"
+  done
 }
 
 # condlora_better_form OUT: the CondLoRA form with the higher average test score over the tasks both forms ran,

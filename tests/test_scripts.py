@@ -181,3 +181,29 @@ def test_save_records_copies_finished_runs_only_records_only(tmp_path):
     assert (records / "runs/mrpc/vera/seed1/results.json").read_text() == "seed1 results.json"
     assert subprocess.run(["bash", "scripts/save-records.sh", str(tmp_path / "nope"), str(records)], cwd=ROOT,
                           capture_output=True, text=True).returncode == 2
+
+
+def test_save_records_with_adapters_and_restore_records_round_trip(tmp_path):
+    """ADAPTERS=1 also saves each finished seed's best_adapter/ (not the trials'); restore_records copies the
+    saved runs into a study folder that lacks them, and leaves alone what the folder already holds."""
+    study, records = tmp_path / "study", tmp_path / "records"
+    for d in (study / "runs/stsb/lora/seed0", study / "search/stsb/lora/trial0"):
+        (d / "best_adapter").mkdir(parents=True)
+        for f in ("config.json", "results.json", "best_adapter/adapter_model.safetensors"):
+            (d / f).write_text(f"{d.name} {f}")
+    subprocess.run(["bash", "scripts/save-records.sh", str(study), str(records)], cwd=ROOT, check=True,
+                   env={**os.environ, "ADAPTERS": "1"}, capture_output=True, timeout=60)
+    assert (records / "runs/stsb/lora/seed0/best_adapter/adapter_model.safetensors").read_text().startswith("seed0")
+    assert not (records / "search/stsb/lora/trial0/best_adapter").exists()
+    out = tmp_path / "out"
+    (out / "runs/stsb/lora/seed0").mkdir(parents=True)
+    (out / "runs/stsb/lora/seed0/results.json").write_text("kept")
+    done = run_common(tmp_path, f"restore_records {records}")
+    assert done.returncode == 0, done.stderr
+    assert (out / "runs/stsb/lora/seed0/results.json").read_text() == "kept"
+    assert (out / "search/stsb/lora/trial0/results.json").read_text() == "trial0 results.json"
+    assert not list(out.rglob("*.tmp"))
+    (out / "runs/stsb/lora/seed0/results.json").unlink()
+    (out / "runs/stsb/lora/seed0").rmdir()
+    assert run_common(tmp_path, f"restore_records {records}").returncode == 0
+    assert (out / "runs/stsb/lora/seed0/best_adapter/adapter_model.safetensors").is_file()
