@@ -19,7 +19,8 @@
 # PRECISION=bf16 trains every row with bf16 autocast, on a CPU with native bf16 only (avx512_bf16 or AMX in
 # lscpu's flags; some 2-3x faster there), into runs/paper-scale-bf16; the default is fp32.
 # Environment: as scripts/main.sh; OUT (default runs/paper-scale), RECORDS, PART, LORA_GRID, COND_GRID,
-# PRECISION, THREADS (per worker, default 1), WORKERS (2; 1 runs a part's two workers one after the other), EXTRA.
+# PRECISION, THREADS (per worker, default 1), WORKERS (2; 1 runs a part's two workers one after the other),
+# EXTRA.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PART=${PART:-all}
@@ -33,8 +34,9 @@ case $PRECISION in
 esac
 CONDLORA_MPNET=1 bash scripts/install.sh
 source scripts/study-common.sh
-OUT=${OUT:-runs/paper-scale$([ "$PRECISION" = fp32 ] || echo "-$PRECISION")}
-restore_records "${RECORDS:-docs/results/paper-scale$([ "$PRECISION" = fp32 ] || echo "-$PRECISION")}"
+NAME=paper-scale$([ "$PRECISION" = fp32 ] || echo "-$PRECISION")   # paper-scale or paper-scale-bf16
+OUT=${OUT:-runs/$NAME}
+restore_records "${RECORDS:-docs/results/$NAME}"
 LORA_GRID=${LORA_GRID:-5e-4,1e-3}
 COND_GRID=${COND_GRID:-1e-3,2e-3}
 PROTOCOL=(--model mpnet --head dense --epochs 8 --patience 2 --group-by-length --max-length 128
