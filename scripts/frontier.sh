@@ -26,6 +26,7 @@ cd "$(dirname "$0")/.."
 [ "${SKIP_INSTALL:-0}" = 1 ] || bash scripts/install.sh
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"   # this checkout's code, installed or not
 WORKER_TASKS=${WORKER_TASKS:-cola,sst2 mrpc,stsb}   # no RTE: not learned at this budget
+SHARE=${SHARE:-1}   # both workers take the next free task x method pair (study --share); SHARE=0: WORKER_TASKS
 source scripts/study-common.sh
 MAIN=${MAIN:-docs/results/converged}
 OUT=${OUT:-runs/frontier}

@@ -26,9 +26,16 @@ study() {
 
 # run_part METHODS SEEDS: every task on two workers, one study call each (with --skip-unlearned a worker
 # finishes its tasks one after the other, so each task's runs finish together, and its plan is the whole
-# part, for the progress line every 30 s until both are done).
+# part, for the progress line every 30 s until both are done). SHARE=1: every worker is given every task
+# (--share), and each task x method pair goes to the first worker free to take it, so neither idles while the
+# other has a long task left.
 run_part() {
   local methods=$1 seeds=$2 jobs=() w
+  if [ "${SHARE:-0}" = 1 ]; then
+    for ((w = 0; w < ${WORKERS:-2}; w++)); do jobs+=("--tasks $ALL_TASKS --methods $methods --share"); done
+    run_jobs "$methods" "$seeds" "${jobs[@]}"
+    return
+  fi
   for w in "${!WORKER_TASKS[@]}"; do
     [ "${WORKERS:-2}" -ge 2 ] || [ "$w" -eq 0 ] || break
     local tasks=${WORKER_TASKS[$w]}

@@ -53,6 +53,16 @@ def test_run_part_starts_one_study_call_per_worker(tmp_path, env, tasks):
     assert "training lora,condlora, seeds 0-2" in done.stdout
 
 
+@pytest.mark.parametrize("workers, n", [("2", 2), ("1", 1)])
+def test_run_part_with_share_gives_every_worker_every_task(tmp_path, workers, n):
+    done = run_common(tmp_path, "run_part lora,condlora 3", SHARE="1", WORKERS=workers)
+    assert done.returncode == 0, done.stderr
+    calls = study_calls(tmp_path)
+    assert len(calls) == n
+    assert all(c.endswith("--tasks rte,mrpc,stsb,cola,sst2 --methods lora,condlora --share --seeds 3 --quiet")
+               for c in calls)
+
+
 def test_better_form_is_the_higher_average_over_tasks(tmp_path):
     scores = {("mrpc", "condlora"): [0.70, 0.72], ("mrpc", "condlora-general"): [0.74],
               ("cola", "condlora"): [0.30], ("cola", "condlora-general"): [0.20], ("mrpc", "lora"): [0.99],
@@ -98,12 +108,18 @@ def test_frontier_copies_the_converged_records_and_gives_each_row_its_own_grid(t
     assert not (out / "runs/mrpc/lora-frozen-a").exists() and not (out / "runs/mrpc/lora").is_symlink()
     assert (out / "search/mrpc/lora-r1/trial0/results.json").is_file()  # a finished trial resumes from its record
     assert not (out / "search/mrpc/lora-r1/trial1").exists()  # an unfinished one trains again
-    calls = study_calls(tmp_path)
-    assert [c.split("--tasks ")[1].split()[0] for c in calls] == ["cola,sst2", "mrpc,stsb", "mrpc,stsb,cola,sst2"]
+    calls = study_calls(tmp_path)  # two workers sharing every task, then the tables over all of them
+    assert [c.split("--tasks ")[1].split()[0] for c in calls] == ["mrpc,stsb,cola,sst2"] * 3
     methods = "condlora,lora,condlora-paper,lora-r1,lora-r2,vera,vera-r1024,fourierft"
     for c in calls:
         assert "--lr-grid auto " in c and "1e-3" not in c and f"--output-dir {out} " in c
-        assert f"--methods {methods} --seeds 3 --quiet" in c
+    assert sum(c.endswith(f"--methods {methods} --share --seeds 3 --quiet") for c in calls) == 2
+    assert sum(c.endswith(f"--methods {methods} --seeds 3 --quiet") for c in calls) == 1
+    (tmp_path / "calls").unlink()  # SHARE=0: each worker its own tasks (WORKER_TASKS)
+    assert run_common(tmp_path, f"PYTHON={fake_python} bash scripts/frontier.sh", SHARE="0", **env).returncode == 0
+    calls = study_calls(tmp_path)
+    assert [c.split("--tasks ")[1].split()[0] for c in calls] == ["cola,sst2", "mrpc,stsb", "mrpc,stsb,cola,sst2"]
+    assert not any("--share" in c for c in calls)
     (out / "runs/mrpc/lora/seed0/results.json").write_text("{}")  # a re-run keeps what is there
     assert run_common(tmp_path, f"PYTHON={fake_python} bash scripts/frontier.sh", **env).returncode == 0
     assert (out / "runs/mrpc/lora/seed0/results.json").read_text() == "{}"
@@ -131,7 +147,7 @@ def test_frontier_part_b_extends_the_rows_near_the_reference_once_and_draws_the_
     out = tmp_path / "out"
     calls = [c for c in (tmp_path / "calls").read_text().splitlines() if "--status" not in c]
     assert calls[2] == f"-m condlora.study.frontier {out} --tasks mrpc,stsb,cola,sst2 --near 1.5"
-    assert [c.split("--methods ")[1] for c in calls[3:5]] == ["condlora,lora-r2,vera --seeds 5 --quiet"] * 2
+    assert [c.split("--methods ")[1] for c in calls[3:5]] == ["condlora,lora-r2,vera --share --seeds 5 --quiet"] * 2
     assert calls[5].startswith("study ") and "--seeds 3" in calls[5]  # the tables over every seed on disk
     assert calls[6] == (f"-m condlora.study.frontier {out} --tasks mrpc,stsb,cola,sst2 "
                         f"--extra-runs docs/results/asymmetry --output {out}")
@@ -141,7 +157,7 @@ def test_frontier_part_b_extends_the_rows_near_the_reference_once_and_draws_the_
     assert run_common(tmp_path, f"PYTHON={fake_python} bash scripts/frontier.sh", **env).returncode == 0
     calls = [c for c in (tmp_path / "calls").read_text().splitlines() if "--status" not in c]
     assert not any("--near" in c for c in calls)
-    assert sum("--methods condlora,lora-r2,vera --seeds 5" in c for c in calls) == 2
+    assert sum("--methods condlora,lora-r2,vera --share --seeds 5" in c for c in calls) == 2
     assert calls[-1] == f"-m condlora.study.frontier {out} --tasks mrpc,stsb,cola,sst2 --output {out}"
 
 

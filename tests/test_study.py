@@ -480,9 +480,9 @@ def test_cli_flags_pass_through_to_every_run(tmp_path):
     args = parser.parse_args(["--output-dir", str(tmp_path), "--lr-search", "4", "--model", "m", "--epochs", "2",
                               "--target-modules", "query, value", "--max-train-samples", "5", "--r", "4",
                               "--cond-form", "general", "--head", "linear", "--patience", "3",
-                              "--group-by-length", "--seeds", "3-4,7", "--skip-unlearned"])
+                              "--group-by-length", "--seeds", "3-4,7", "--skip-unlearned", "--share"])
     s = settings_from_args(args)
-    assert s.skip_unlearned
+    assert s.skip_unlearned and s.share
     assert s.run_args == {"model": "m", "epochs": 2.0, "target_modules": ["query", "value"],
                           "max_train_samples": 5, "r": 4, "cond_form": "general", "head": "linear", "patience": 3,
                           "group_by_length": True}
@@ -490,7 +490,7 @@ def test_cli_flags_pass_through_to_every_run(tmp_path):
     s = settings_from_args(parser.parse_args(["--output-dir", "x", "--lr", "1e-3", "--methods",
                                               "lora,lora-frozen-b,condlora-general,condlora-frozen-b"]))
     assert s.methods == ["lora", "lora-frozen-b", "condlora-general", "condlora-frozen-b"] and s.run_args == {}
-    assert not s.skip_unlearned
+    assert not s.skip_unlearned and not s.share
     s = settings_from_args(parser.parse_args(["--output-dir", str(tmp_path), "--lr-search", "4"]))
     assert (s.tasks, s.methods, s.seeds, s.lr_search, s.lr_preset) == (["rte", "mrpc", "stsb", "cola"],
                                                                       ["lora", "condlora-general"], [0, 1, 2], 4, None)

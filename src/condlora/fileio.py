@@ -1,14 +1,22 @@
-"""Atomic file writes: a temporary name in the same folder, then `os.replace`."""
+"""Atomic file writes (a temporary name in the same folder, then `os.replace`) and file locks."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # not POSIX
+    fcntl = None
+
+HAVE_FILE_LOCKS = fcntl is not None
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
@@ -102,3 +110,25 @@ def existing_dir(path: str | os.PathLike) -> Path | None:
     path = Path(path)
     old = path.with_name(f".{path.name}.old")
     return path if path.is_dir() else old if old.is_dir() else None
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, wait: bool = True) -> Iterator[bool]:
+    """An exclusive lock (flock) on `path`, created if missing, held inside the block; yields whether it is held.
+
+    `wait=False` yields False at once where another process holds it. The lock ends with its process, even a
+    killed one. Where there are no file locks (not POSIX: HAVE_FILE_LOCKS is False) it yields True, unlocked.
+    """
+    if fcntl is None:
+        yield True
+        return
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

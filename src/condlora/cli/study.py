@@ -9,7 +9,8 @@ from ..config import COND_FORMS
 from ..errors import ConfigError
 from ..runner.names import USER_METHODS, stored_method, user_method
 from ..study.search import LR_RANGE
-from ..study.study import PASS_THROUGH, PRESETS, SEEDS_HELP, TASKS, StudySettings, run_study
+from ..study.settings import PASS_THROUGH, PRESETS, SEEDS_HELP, TASKS, StudySettings
+from ..study.study import run_study
 from . import owndata
 
 DEFAULT_TASKS = "rte,mrpc,stsb,cola"
@@ -78,6 +79,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="per task, train the first method (the reference) first, and the other methods only "
                         "where it clearly beat the trivial baseline (Table 2's sanity gate); a task it did not "
                         "learn is reported as not learned at this budget")
+    p.add_argument("--share", action="store_true",
+                   help="for several workers started with the same flags on one machine: each task x method pair "
+                        "(its LR search and seeds) is trained by the first worker free to take it, so no worker "
+                        "idles while another has a long task left; every worker ends with the whole study's tables")
     g = p.add_argument_group("passed to every run (condlora train; default: train's own)")
     g.add_argument("--model", help="base model (alias, local folder or hub id)")
     g.add_argument("--glue-dir", help="folder with GLUE TSVs (default: $CONDLORA_GLUE_DIR)")
@@ -117,7 +122,7 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
                          lr_preset=args.lr_preset, lr=args.lr, storage=args.storage,
                          search_seed=args.search_seed, search_only=args.search_only, tables_only=args.tables_only,
                          quiet=args.quiet,
-                         run_progress=args.run_progress, skip_unlearned=args.skip_unlearned,
+                         run_progress=args.run_progress, skip_unlearned=args.skip_unlearned, share=args.share,
                          run_args=run_args)
 
 

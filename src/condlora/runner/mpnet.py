@@ -10,18 +10,17 @@ renamed, under a lock file, so concurrent workers neither see a half folder nor 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path, PurePosixPath
 
 from ..errors import CondLoRAError
+from ..fileio import file_lock
 
 NAME = "all-mpnet-base-v2"
 HUB_ID = f"sentence-transformers/{NAME}"
@@ -75,7 +74,7 @@ def model_dir() -> Path:
     parts = part_files()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        with _lock(target.parent / f".{NAME}.lock"):
+        with file_lock(target.parent / f".{NAME}.lock"):
             if not is_complete(target):  # another process may have finished while we waited
                 assemble(parts, target, ZIP_SHA256)
     except OSError as e:  # no space, no permission: say where (set $CONDLORA_CACHE to unpack elsewhere)
@@ -134,7 +133,7 @@ def unpack(zip_path: Path, folder: Path) -> None:
 
 def _install(folder: Path, target: Path, sha256: str) -> None:
     """Rename the unpacked `folder` onto `target`, replacing an unfinished or outdated one."""
-    if is_complete(target, sha256):  # without the lock (not POSIX), another process may have finished first
+    if is_complete(target, sha256):  # without file locks (not POSIX), another process may have finished first
         return
     if target.exists():
         shutil.rmtree(target)
@@ -143,19 +142,3 @@ def _install(folder: Path, target: Path, sha256: str) -> None:
     except OSError:
         if not is_complete(target, sha256):  # the same race, lost between the check and the rename
             raise
-
-
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """An exclusive lock on `path` (POSIX); elsewhere no lock, and `_install` tolerates a lost race."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with open(path, "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
