@@ -152,6 +152,11 @@ class StudySettings:
         return bool(self.lr_search or self.lr_grid or self.lr_grids)
 
     @property
+    def gated(self) -> bool:
+        """Whether --skip-unlearned applies: a task's other methods train only where the reference learned it."""
+        return self.skip_unlearned and not self.search_only and len(self.methods) > 1
+
+    @property
     def n_trials(self) -> int:
         """Search trials per task x method (before any grid extension; the most over the methods)."""
         if self.lr_grids:

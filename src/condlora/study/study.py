@@ -200,7 +200,7 @@ def run_study(s: StudySettings, run_fn: RunFn = train_run) -> dict[str, Any]:
     try:
         if s.share:
             _train_shared(s, record, run_fn, cached, progress)
-        elif s.skip_unlearned and not s.search_only and len(s.methods) > 1:
+        elif s.gated:
             _train_gated(s, record, run_fn, cached, progress)
         else:
             _train(s, record, pairs, run_fn)
@@ -273,7 +273,7 @@ def _train_shared(s: StudySettings, record: dict[str, Any], run_fn: RunFn, cache
                   progress: Progress) -> None:
     """--share: each task x method pair trained by the first worker to claim it (study/share.py); with
     --skip-unlearned a task's other methods wait for its reference and its gate."""
-    ref, gated = s.methods[0], s.skip_unlearned and not s.search_only and len(s.methods) > 1
+    ref, gated = s.methods[0], s.gated
 
     def train(pair: tuple[str, str]) -> list[tuple[str, str]]:
         _train(s, record, [pair], run_fn)
