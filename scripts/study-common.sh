@@ -79,15 +79,20 @@ run_jobs() {
 }
 
 # restore_records RECORDS: every finished run and LR trial saved under RECORDS by scripts/save-records.sh (its
-# records, and its best adapter where saved) copied into $OUT where $OUT lacks it, so the study reuses it
+# records, and its best adapter where saved) copied into $OUT where $OUT lacks it or holds it unfinished, so the
+# study reuses it; an unfinished run carried there (CHECKPOINTS=1) where $OUT lacks it, so the study resumes it
 restore_records() {
   local records=${1%/} dir dest
   for dir in "$records"/runs/*/*/seed* "$records"/search/*/*/trial*; do
-    [ -f "$dir/results.json" ] || continue
     dest=$OUT/${dir#"$records"/}
-    [ -e "$dest" ] && continue
+    if [ -f "$dir/results.json" ]; then
+      [ -f "$dest/results.json" ] && continue
+      rm -rf "$dest"
+    else
+      [ -f "$dir/checkpoint/state.json" ] && [ ! -e "$dest" ] || continue
+    fi
     mkdir -p "$(dirname "$dest")"
-    cp -R "$dir" "$dest.tmp" && mv "$dest.tmp" "$dest"
+    rm -rf "$dest.tmp" && cp -R "$dir" "$dest.tmp" && mv "$dest.tmp" "$dest"
   done
 }
 

@@ -223,3 +223,45 @@ def test_save_records_with_adapters_and_restore_records_round_trip(tmp_path):
     (out / "runs/stsb/lora/seed0").rmdir()
     assert run_common(tmp_path, f"restore_records {records}").returncode == 0
     assert (out / "runs/stsb/lora/seed0/best_adapter/adapter_model.safetensors").is_file()
+
+
+def test_save_records_carries_unfinished_checkpoints_and_restore_resumes_them(tmp_path):
+    """CHECKPOINTS=1: an unfinished run's checkpoint is carried (again only once it has gone further), then gives
+    way to the run's finished records; restore_records brings a carried run back only where OUT lacks it, and a
+    finished record replaces an unfinished run in OUT."""
+    study, records, out = tmp_path / "study", tmp_path / "records", tmp_path / "out"
+    run = study / "runs/stsb/lora/seed1"
+
+    def at_step(step: int) -> None:
+        (run / "checkpoint").mkdir(parents=True, exist_ok=True)
+        (run / "config.json").write_text("{}")
+        (run / "checkpoint/state.json").write_text(json.dumps({"step": step, "best_step": 99}))
+        (run / "checkpoint/trainable.safetensors").write_text(f"weights at {step}")
+
+    def save(**env: str) -> list[str]:
+        done = subprocess.run(["bash", "scripts/save-records.sh", str(study), str(records)], cwd=ROOT,
+                              env={**os.environ, "PYTHON": sys.executable, **env}, capture_output=True, text=True,
+                              timeout=60, check=True)
+        return done.stdout.splitlines()
+
+    at_step(6)
+    assert save() == [] and not records.exists()  # without CHECKPOINTS=1 nothing unfinished is saved
+    assert save(CHECKPOINTS="1") == ["checkpoint runs/stsb/lora/seed1 (step 6)"]
+    assert save(CHECKPOINTS="1") == []  # the same step: kept
+    carried = records / "runs/stsb/lora/seed1"
+    assert (carried / "checkpoint/trainable.safetensors").read_text() == "weights at 6"
+    at_step(9)
+    assert save(CHECKPOINTS="1") == ["checkpoint runs/stsb/lora/seed1 (step 9)"]
+    assert (carried / "checkpoint/trainable.safetensors").read_text() == "weights at 9"
+    assert run_common(tmp_path, f"restore_records {records}").returncode == 0
+    assert (out / "runs/stsb/lora/seed1/checkpoint/state.json").is_file()
+    at_step(12)
+    (out / "runs/stsb/lora/seed1/checkpoint/trainable.safetensors").write_text("further here")
+    assert run_common(tmp_path, f"restore_records {records}").returncode == 0  # OUT's own run is left alone
+    assert (out / "runs/stsb/lora/seed1/checkpoint/trainable.safetensors").read_text() == "further here"
+    (run / "results.json").write_text("finished")
+    assert save(CHECKPOINTS="1") == ["runs/stsb/lora/seed1"]
+    assert sorted(p.name for p in carried.iterdir()) == ["config.json", "results.json"]
+    assert run_common(tmp_path, f"restore_records {records}").returncode == 0
+    assert sorted(p.name for p in (out / "runs/stsb/lora/seed1").iterdir()) == ["config.json", "results.json"]
+    assert not list(records.rglob("*.tmp")) and not list(out.rglob("*.tmp"))

@@ -168,6 +168,33 @@ def test_killed_and_resumed_run_equals_uninterrupted(tiny, tmp_path, method):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_run_carried_by_save_records_resumes_in_another_folder(tiny, tmp_path):
+    """An unfinished run, carried by `CHECKPOINTS=1 scripts/save-records.sh` and restored by `restore_records`
+    into another study folder (another machine), resumes there from its checkpoint and ends as an uninterrupted
+    run; its GLUE files may lie in another folder too."""
+    kw = dict(method="lora", epochs=2, eval_every=3, seed=5)
+    full = train(config(tiny, tmp_path / "a", **kw))
+    first = tmp_path / "study/runs/rte/lora/seed5"
+    with pytest.raises(Killed):
+        train(config(tiny, first, **kw), on_step=kill_at(7))
+    env = {**os.environ, "CHECKPOINTS": "1", "PYTHON": sys.executable}
+    root = Path(__file__).resolve().parents[1]
+    saved = subprocess.run(["bash", "scripts/save-records.sh", str(tmp_path / "study"), str(tmp_path / "records")],
+                           cwd=root, env=env, capture_output=True, text=True, timeout=60, check=True)
+    assert saved.stdout.split("\n")[0] == "checkpoint runs/rte/lora/seed5 (step 6)"
+    out, glue = tmp_path / "elsewhere", tmp_path / "glue-copy"
+    shutil.copytree(tiny["glue"], glue)
+    subprocess.run(["bash", "-c", f"source scripts/study-common.sh; restore_records {tmp_path / 'records'}"],
+                   cwd=root, env={**env, "OUT": str(out), "CONDLORA_GLUE_DIR": str(glue)}, check=True,
+                   capture_output=True, timeout=60)
+    steps = []
+    resumed = train(config({**tiny, "glue": str(glue)}, out / "runs/rte/lora/seed5", resume=True, **kw),
+                    on_step=steps.append)
+    assert steps == [7, 8, 9, 10]
+    for key in ("val_score", "test_score", "best_step", "val_metrics", "test_metrics"):
+        assert resumed[key] == full[key], key
+
+
 def test_output_folder_rules(tiny, tmp_path):
     first = train(config(tiny, tmp_path))
     steps = []
