@@ -260,6 +260,27 @@ def test_tables_only_writes_tables_from_the_runs_so_far_and_trains_nothing(tmp_p
         settings(tmp_path, tables_only=True, search_only=True, **grid)
 
 
+def test_tables_only_takes_the_lr_of_finished_seeds_where_the_record_lacks_it(tmp_path):
+    """--share workers record a pair's LR only once they reach it (a restarted study reads finished pairs back in
+    order): until then --tables-only takes the LR the pair's finished seeds were trained at; seeds at two LRs
+    leave the pair out."""
+    grid = {"lr_preset": None, "lr_grid": "1e-4,3e-4"}
+    run_study(settings(tmp_path, **grid), run_fn=FakeRun())
+    path = tmp_path / "study" / "study.json"
+    record = json.loads(path.read_text())
+    stored = sorted(m for m in record["lr"]["mrpc"] if m != "lora")
+    assert len(stored) == 1
+    for by_method in record["lr"].values():
+        by_method.pop(stored[0])
+    path.write_text(json.dumps(record))
+    run_study(settings(tmp_path, tables_only=True, **grid))
+    assert {table2(tmp_path)[t, "condlora"]["n"] for t in ("rte", "mrpc", "avg")} == {"3"}
+    seed1 = tmp_path / "study" / "runs" / "mrpc" / stored[0] / "seed1" / "results.json"
+    seed1.write_text(json.dumps({**json.loads(seed1.read_text()), "lr": 0.5}))
+    run_study(settings(tmp_path, tables_only=True, **grid))
+    assert table2(tmp_path)["mrpc", "condlora"]["n"] == "0" and table2(tmp_path)["rte", "condlora"]["n"] == "3"
+
+
 def test_tables_only_from_the_command_line(tmp_path, capsys):
     run_study(settings(tmp_path), run_fn=FakeRun())
     (tmp_path / "study" / "table2.md").unlink()

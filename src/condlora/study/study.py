@@ -162,7 +162,8 @@ def _cached_baselines(saved: dict[str, Any]) -> dict[str, float]:
 
 def tables_only(s: StudySettings) -> dict[str, Any]:
     """--tables-only: Tables 2-4 and the figures from the finished runs on disk, at the LRs study.json records
-    (pairs whose LR is not chosen yet are left empty); trains nothing and leaves study.json to the workers."""
+    or, for pairs it lacks, their finished seeds' LR (pairs without either are left empty); trains nothing and
+    leaves study.json to the workers."""
     out = Path(s.output_dir)
     saved = _check_same_study(out / "study.json", s, "pass the flags the study was run with")
     if not saved:
@@ -171,7 +172,19 @@ def tables_only(s: StudySettings) -> dict[str, Any]:
     lrs = saved.get("lr") or {}
     record = {"settings": asdict(s), "lr": {t: {m: v for m, v in lrs.get(t, {}).items() if m in s.methods}
                                             for t in s.tasks}, "runs": []}
+    for t in s.tasks:  # --share workers record a pair's LR when they reach it; its finished seeds tell it before
+        for m in s.methods:
+            if m not in record["lr"][t] and (lr := _lr_of_seeds(out, t, m)) is not None:
+                record["lr"][t][m] = {"lr": lr, "source": "the LR its finished seeds were trained at"}
     return write_outputs(s, record, cached)
+
+
+def _lr_of_seeds(out: Path, task: str, method: str) -> float | None:
+    """The one LR at which the finished seeds of task x method were trained (seeds train only at the chosen LR);
+    None if there are none, or if they disagree."""
+    lrs = {done.get("lr") for d in Path(out, "runs", task, method).glob("seed*")
+           if d.name[4:].isdigit() and (done := finished_run(d)) is not None}
+    return lrs.pop() if len(lrs) == 1 and None not in lrs else None
 
 
 def _figure1(s: StudySettings, runs: list[dict[str, Any]]) -> str:
