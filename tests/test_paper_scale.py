@@ -17,7 +17,7 @@ FAKE = """#!/usr/bin/env bash
 echo "$(basename "$0") $*" >> "$CALLS"
 """
 PROTOCOL = ("study --model mpnet --head dense --epochs 8 --patience 2 --group-by-length --max-length 128 "
-            "--batch-size 16 --max-train-samples 8000 --max-eval-samples 2000 --precision fp32")
+            "--batch-size 16 --max-train-samples 8000 --max-eval-samples 2000 --precision fp32 --save-every 50")
 PARTS = {
     "a": ["--tasks stsb --methods condlora --lr-grid 1e-3,2e-3 --seeds 3 --quiet",
           "--tasks stsb --methods lora --lr-grid 5e-4,1e-3 --seeds 3 --quiet"],

@@ -566,3 +566,17 @@ def test_seeds_of_an_lr_the_study_no_longer_uses_are_moved_aside(tmp_path):
     assert sorted(d.name for d in runs.iterdir()) == ["seed0", "seed0-lr0.0001", "seed1", "seed1-lr0.0001"]
     assert json.loads((runs / "seed0-lr0.0001" / "results.json").read_text())["lr"] == 1e-4
     assert {r["lr"] for r in record["runs"]} == {3e-4} and len(record["runs"]) == 2
+
+
+def test_save_every_passes_to_the_runs_and_is_not_part_of_the_study(tmp_path):
+    """--save-every reaches every run (checkpoints of long runs); a study started without it goes on with it."""
+    from condlora.cli import build_parser
+    from condlora.cli.study import settings_from_args
+
+    args = build_parser("study").parse_args(["study", "--output-dir", "x", "--tasks", "stsb", "--save-every", "50"])
+    assert settings_from_args(args).run_args["save_every"] == 50
+    assert build_parser("study").parse_args(["study", "--output-dir", "x"]).save_every is None
+    run_study(settings(tmp_path), run_fn=FakeRun())
+    more = FakeRun()
+    run_study(settings(tmp_path, seeds=4, run_args={**settings(tmp_path).run_args, "save_every": 50}), run_fn=more)
+    assert [c["seed"] for c in more.calls] == [3] * 4 and {c["save_every"] for c in more.calls} == {50}

@@ -171,7 +171,7 @@ def test_killed_and_resumed_run_equals_uninterrupted(tiny, tmp_path, method):
 def test_run_carried_by_save_records_resumes_in_another_folder(tiny, tmp_path):
     """An unfinished run, carried by `CHECKPOINTS=1 scripts/save-records.sh` and restored by `restore_records`
     into another study folder (another machine), resumes there from its checkpoint and ends as an uninterrupted
-    run; its GLUE files may lie in another folder too."""
+    run; its GLUE files may lie in another folder, and it may checkpoint more often there."""
     kw = dict(method="lora", epochs=2, eval_every=3, seed=5)
     full = train(config(tiny, tmp_path / "a", **kw))
     first = tmp_path / "study/runs/rte/lora/seed5"
@@ -188,8 +188,8 @@ def test_run_carried_by_save_records_resumes_in_another_folder(tiny, tmp_path):
                    cwd=root, env={**env, "OUT": str(out), "CONDLORA_GLUE_DIR": str(glue)}, check=True,
                    capture_output=True, timeout=60)
     steps = []
-    resumed = train(config({**tiny, "glue": str(glue)}, out / "runs/rte/lora/seed5", resume=True, **kw),
-                    on_step=steps.append)
+    resumed = train(config({**tiny, "glue": str(glue)}, out / "runs/rte/lora/seed5", resume=True, save_every=2, **kw),
+                    on_step=steps.append)  # checkpointing more often there: the same run
     assert steps == [7, 8, 9, 10]
     for key in ("val_score", "test_score", "best_step", "val_metrics", "test_metrics"):
         assert resumed[key] == full[key], key

@@ -12,6 +12,7 @@ from ..study.search import LR_RANGE
 from ..study.settings import PASS_THROUGH, PRESETS, SEEDS_HELP, TASKS, StudySettings
 from ..study.study import run_study
 from . import owndata
+from .train import positive_int
 
 DEFAULT_TASKS = "rte,mrpc,stsb,cola"
 EPILOG = """examples:
@@ -103,6 +104,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--group-by-length", action="store_true", help="see condlora train --group-by-length")
     g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="see condlora train --precision")
     g.add_argument("--trust-remote-code", action="store_true", help="let transformers run the model's own code")
+    g.add_argument("--save-every", type=positive_int, metavar="STEPS",
+                   help="a checkpoint every STEPS steps too, for long runs (see condlora train --save-every)")
     owndata.add_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--run-progress", action="store_true", help="show each run's own progress bar too")

@@ -12,7 +12,8 @@ TASK_CHOICES = ", ".join(GLUE_TASKS)
 KILL_ENV = "CONDLORA_DEBUG_KILL_AT_STEP"
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """`text` as an int >= 1 (an argparse type)."""
     try:
         value = int(text)
     except ValueError:
@@ -56,16 +57,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head-lr", type=float, default=None,
                    help="peak learning rate of the classification head (default: --lr; vera*: 4e-3, "
                         "fourierft: 6e-3, as their papers train the head)")
-    p.add_argument("--batch-size", type=_positive_int, default=16, help="global batch size (default: 16)")
-    p.add_argument("--max-length", type=_positive_int, default=128, help="max tokens per example (default: 128)")
-    p.add_argument("--max-train-samples", type=_positive_int, default=None, help="use the first N training examples")
-    p.add_argument("--max-eval-samples", type=_positive_int, default=None,
+    p.add_argument("--batch-size", type=positive_int, default=16, help="global batch size (default: 16)")
+    p.add_argument("--max-length", type=positive_int, default=128, help="max tokens per example (default: 128)")
+    p.add_argument("--max-train-samples", type=positive_int, default=None, help="use the first N training examples")
+    p.add_argument("--max-eval-samples", type=positive_int, default=None,
                    help="at most N validation examples and N per test part")
-    p.add_argument("--r", type=_positive_int, default=None,
+    p.add_argument("--r", type=positive_int, default=None,
                    help="adapter rank, VeRA's too (default: 8; lora-r1: 1, lora-r2: 2, vera: 256, vera-r1024: 1024)")
     p.add_argument("--alpha", type=float, default=None,
                    help="LoRA / CondLoRA alpha; scaling = alpha / r (default: 8; lora-r1, lora-r2: alpha = r)")
-    p.add_argument("--n-frequency", type=_positive_int, default=None,
+    p.add_argument("--n-frequency", type=positive_int, default=None,
                    help="FourierFT: trainable spectral coefficients per adapted layer (default: 1000)")
     p.add_argument("--fourier-scaling", type=float, default=None,
                    help="FourierFT: the scaling of ΔW, like LoRA's alpha (default: 150, PEFT's)")
@@ -78,7 +79,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "otherwise; default); condlora is always the general form")
     p.add_argument("--warmup-ratio", type=float, default=0.1, help="share of warmup steps (default: 0.1)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: 0)")
-    p.add_argument("--eval-every", type=_positive_int, default=None, help="steps between evaluations "
+    p.add_argument("--eval-every", type=positive_int, default=None, help="steps between evaluations "
                    "(default: once per epoch)")
     p.add_argument("--patience", type=int, default=None, metavar="N",
                    help="early stopping: stop after N evaluations without a better validation score; --epochs "
@@ -90,7 +91,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group-by-length", action="store_true",
                    help="batches of similar lengths (mega-batches of 50 batches sorted by length, batch order "
                         "shuffled per epoch), like Trainer's group_by_length")
-    p.add_argument("--save-every", type=_positive_int, default=None,
+    p.add_argument("--save-every", type=positive_int, default=None,
                    help="steps between extra checkpoints (default: at each evaluation)")
     p.add_argument("--pad-to-max-length", action="store_true", help="pad to --max-length (the paper's setting)")
     p.add_argument("--precision", default=None, choices=("fp32", "bf16", "fp16"),

@@ -14,9 +14,10 @@ from .train_config import NEW_FIELD_DEFAULTS, TrainConfig
 
 RUN_FILES = ("config.json", "metrics.jsonl", "results.json", CHECKPOINT_DIR, "best_adapter", "best_adapter_peft",
              "best_model", "best_head", f".{CHECKPOINT_DIR}.old")
-# where a run's folder and its GLUE files lie, not what the run is: a run folder copied elsewhere (carried to
-# another machine by scripts/save-records.sh) or reading the same GLUE files from another folder is the same run
-LOCATION_FIELDS = ("output_dir", "glue_dir")
+# where a run's folder and its GLUE files lie and how often it checkpoints, not what the run is: a run folder
+# copied elsewhere (carried to another machine by scripts/save-records.sh), reading the same GLUE files from
+# another folder or checkpointing more often is the same run
+NOT_IDENTITY_FIELDS = ("output_dir", "glue_dir", "save_every")
 
 
 def versions() -> dict[str, str]:
@@ -50,10 +51,10 @@ def check_output_dir(cfg: TrainConfig, out: Path) -> dict | None:
         old = json.loads(config_file.read_text(encoding="utf-8")).get("run", {})
     except json.JSONDecodeError:
         old = {}
-    new = {k: v for k, v in json.loads(json.dumps(cfg.run_dict())).items() if k not in LOCATION_FIELDS}
+    new = {k: v for k, v in json.loads(json.dumps(cfg.run_dict())).items() if k not in NOT_IDENTITY_FIELDS}
     if old:  # a setting added after that run was written had its default then
         old = {**{k: v for k, v in NEW_FIELD_DEFAULTS.items() if k in new}, **old}
-    old = {k: v for k, v in old.items() if k not in LOCATION_FIELDS}
+    old = {k: v for k, v in old.items() if k not in NOT_IDENTITY_FIELDS}
     if old != new:
         diff = next((k for k in new if old.get(k) != new[k]), "run")
         raise CondLoRAError(f"output folder {out} holds a different run ({diff}: {old.get(diff)!r} there, "

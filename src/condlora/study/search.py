@@ -25,7 +25,7 @@ __all__ = ["LR_RANGE", "SearchSetup", "parse_lrs", "search_grid", "search_lr"]
 LR_RANGE = (1e-5, 3e-3)
 MAX_EXTEND = 2  # LRs a grid search adds past its edges when the best LR sits at one
 # run arguments that may differ between workers or re-runs of one study
-NOT_IDENTITY = ("quiet", "glue_dir", "trust_remote_code")
+NOT_IDENTITY = ("quiet", "glue_dir", "trust_remote_code", "save_every")  # no bearing on a run's result
 
 
 @dataclass

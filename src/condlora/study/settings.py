@@ -31,7 +31,7 @@ PRESETS = {"paper": {(t, m): lr for t, lrs in PAPER_LR.items()
                      for m, lr in zip(("lora", "condlora"), lrs, strict=True)}}
 PASS_THROUGH = ("model", "glue_dir", "epochs", "batch_size", "max_length", "max_train_samples",
                 "max_eval_samples", "r", "alpha", "head_lr", "target_modules", "cond_form", "head", "patience",
-                "group_by_length", "precision", "trust_remote_code")
+                "group_by_length", "precision", "trust_remote_code", "save_every")
 AUTO_GRID = "auto"  # --lr-grid auto: every method its own default grid (runner.method_defaults)
 FIGURE1_METHOD = "lora"  # whose adapters Figure 1 analyses (study/figure1.py)
 SEEDS_HELP = ("a count N (seeds 0..N-1) or a list of seeds and ranges: 3,4,5 or 3-5 or 0-2,7 (one seed: 7-7); "
