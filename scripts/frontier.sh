@@ -19,10 +19,13 @@
 #       --extra-runs docs/results/asymmetry --output runs/frontier
 # Environment: as scripts/main.sh; MAIN (default docs/results/converged) is the converged study's folder,
 # OUT (default runs/frontier) this study's; RECORDS (default docs/results/frontier) its committed records;
-# SKIP_INSTALL=1 skips scripts/install.sh. To commit the finished new-row runs (records only) for a later resume:
+# SKIP_INSTALL=1 skips scripts/install.sh; PART=a stops after part (a) (then the tables and the frontier), so
+# that another study can have the cores before part (b) (default: all). To commit the finished new-row runs (records only) for a later resume:
 #   bash scripts/save-records.sh runs/frontier docs/results/frontier lora-r1 lora-r2 vera vera-r1024 fourierft
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PART=${PART:-all}
+case $PART in all | a) ;; *) echo "PART must be a or all; got '$PART'" >&2; exit 2 ;; esac
 [ "${SKIP_INSTALL:-0}" = 1 ] || bash scripts/install.sh
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"   # this checkout's code, installed or not
 WORKER_TASKS=${WORKER_TASKS:-cola,sst2 mrpc,stsb}   # no RTE: not learned at this budget
@@ -53,11 +56,14 @@ run_part "$METHODS" 3                                   # part (a)
 # part (b): the reference and every row whose average (Table 2's, over the learned tasks) lies within 1.5 points
 # of it go to 5 seeds. The rows are chosen once, after part (a), and kept in $OUT/part-b-methods: a re-run
 # extends the same rows.
-if [ ! -s "$OUT/part-b-methods" ]; then
-  near=$($PY -m condlora.study.frontier "$OUT" --tasks "$ALL_TASKS" --near 1.5)
-  [ -z "$near" ] || { echo "$near" >"$OUT/part-b-methods.tmp" && mv "$OUT/part-b-methods.tmp" "$OUT/part-b-methods"; }
+near=
+if [ "$PART" = all ]; then
+  if [ ! -s "$OUT/part-b-methods" ]; then
+    near=$($PY -m condlora.study.frontier "$OUT" --tasks "$ALL_TASKS" --near 1.5)
+    [ -z "$near" ] || { echo "$near" >"$OUT/part-b-methods.tmp" && mv "$OUT/part-b-methods.tmp" "$OUT/part-b-methods"; }
+  fi
+  near=$(cat "$OUT/part-b-methods" 2>/dev/null || true)   # stored names (run folders): condlora-general, ...
 fi
-near=$(cat "$OUT/part-b-methods" 2>/dev/null || true)   # stored names (run folders): condlora-general, ...
 if [ -n "$near" ] && [ "$near" != condlora-general ]; then
   near=$(echo ",$near," | sed -e 's/,condlora,/,condlora-paper,/g' -e 's/,condlora-general,/,condlora,/g' \
     -e 's/^,//' -e 's/,$//')   # as --methods names them (runner/names.py)

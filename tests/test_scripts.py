@@ -161,6 +161,18 @@ def test_frontier_part_b_extends_the_rows_near_the_reference_once_and_draws_the_
     assert calls[-1] == f"-m condlora.study.frontier {out} --tasks mrpc,stsb,cola,sst2 --output {out}"
 
 
+def test_frontier_part_a_alone_draws_the_tables_and_leaves_part_b(tmp_path):
+    fake_python, env = frontier_stand_in(tmp_path, "condlora-general,lora-r2,vera")
+    done = run_common(tmp_path, f"PYTHON={fake_python} bash scripts/frontier.sh", PART="a", **env)
+    assert done.returncode == 0, done.stderr
+    calls = [c for c in (tmp_path / "calls").read_text().splitlines() if "--status" not in c]
+    assert sum("--share --seeds 3" in c for c in calls) == 2 and not any("--near" in c for c in calls)
+    assert "--seeds 5" not in "".join(calls) and not (tmp_path / "out" / "part-b-methods").exists()
+    assert calls[-1].startswith("-m condlora.study.frontier") and "--output" in calls[-1]
+    done = run_common(tmp_path, f"PYTHON={fake_python} bash scripts/frontier.sh", PART="b", **env)
+    assert done.returncode == 2 and "PART must be a or all; got 'b'" in done.stderr
+
+
 def test_frontier_part_b_is_skipped_when_no_row_is_near(tmp_path):
     fake_python, env = frontier_stand_in(tmp_path, "condlora-general")
     assert run_common(tmp_path, f"PYTHON={fake_python} bash scripts/frontier.sh", **env).returncode == 0
