@@ -20,7 +20,8 @@
 # Environment: as scripts/main.sh; MAIN (default docs/results/converged) is the converged study's folder,
 # OUT (default runs/frontier) this study's; RECORDS (default docs/results/frontier) its committed records;
 # SKIP_INSTALL=1 skips scripts/install.sh; PART=a stops after part (a) (then the tables and the frontier), so
-# that another study can have the cores before part (b) (default: all). To commit the finished new-row runs (records only) for a later resume:
+# that another study can have the cores before part (b) (default: all). To commit the finished new-row runs
+# (records only) for a later resume:
 #   bash scripts/save-records.sh runs/frontier docs/results/frontier lora-r1 lora-r2 vera vera-r1024 fourierft
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -21,9 +21,9 @@
 # PRECISION=bf16 trains every row with bf16 autocast, on a CPU with native bf16 only (avx512_bf16 or AMX in
 # lscpu's flags; a training step 1.9x faster on the 2-vCPU AMD EPYC, condlora bench), into
 # runs/paper-scale-bf16; the default is fp32.
-# Environment: as scripts/main.sh; OUT (default runs/paper-scale), RECORDS, PART, LORA_GRID, COND_GRID, SKIP_INSTALL,
-# PRECISION, THREADS (per worker, default 1), WORKERS (2; 1 runs a part's two workers one after the other),
-# EXTRA.
+# Environment: as scripts/main.sh; OUT (default runs/paper-scale), RECORDS, PART, LORA_GRID, COND_GRID,
+# SKIP_INSTALL, PRECISION, THREADS (per worker, default 1), WORKERS (2; 1 runs a part's two workers one after
+# the other), EXTRA.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PART=${PART:-all}
