@@ -7,7 +7,8 @@
 # as evidence only.
 #   bash scripts/save-records.sh runs/frontier docs/results/frontier [METHOD ...]
 # METHODs (stored folder names) limit the copy to those rows; default: every row. ADAPTERS=1 also copies each
-# finished seed's best_adapter/ (not the LR trials'), for the analyses that read adapters (Table 3, Figure 1):
+# finished seed's and LR trial's best_adapter/, for the analyses that read adapters (Table 3, Figure 1; a study's
+# seed 0 is a copy of its chosen trial, adapter included), also into a record saved before without it:
 # megabytes per run at the paper's scale. CHECKPOINTS=1 also carries every unfinished run that has written a
 # checkpoint (its config, metrics and checkpoint/, replaced when the run has gone further), so that a run longer
 # than one stay on a machine resumes on the next one from there; the run's finished records replace it.
@@ -50,14 +51,20 @@ for dir in "$src"/runs/*/*/seed* "$src"/search/*/*/trial*; do
     [ "${CHECKPOINTS:-0}" = 1 ] && carry "$dir" "$out"
     continue
   fi
-  [ -f "$out/results.json" ] && continue
+  adapter=0
+  [ "${ADAPTERS:-0}" = 1 ] && [ -d "$dir/best_adapter" ] && adapter=1
+  if [ -f "$out/results.json" ]; then   # saved before: kept as it is, its adapter added where it lacks one
+    if [ "$adapter" = 1 ] && [ ! -d "$out/best_adapter" ]; then
+      rm -rf "$out/best_adapter.tmp" && cp -R "$dir/best_adapter" "$out/best_adapter.tmp" &&
+        mv "$out/best_adapter.tmp" "$out/best_adapter" && echo "$rel/best_adapter"
+    fi
+    continue
+  fi
   mkdir -p "$out.tmp"
   for f in config.json metrics.jsonl results.json; do
     [ -f "$dir/$f" ] && cp "$dir/$f" "$out.tmp/$f"
   done
-  if [ "${ADAPTERS:-0}" = 1 ] && [ "${rel%%/*}" = runs ] && [ -d "$dir/best_adapter" ]; then
-    cp -R "$dir/best_adapter" "$out.tmp/best_adapter"
-  fi
+  if [ "$adapter" = 1 ]; then cp -R "$dir/best_adapter" "$out.tmp/best_adapter"; fi
   rm -rf "$out" && mv "$out.tmp" "$out"   # a carried checkpoint gives way to the finished records
   echo "$rel"
   copied=$((copied + 1))

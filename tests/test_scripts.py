@@ -212,17 +212,28 @@ def test_save_records_copies_finished_runs_only_records_only(tmp_path):
 
 
 def test_save_records_with_adapters_and_restore_records_round_trip(tmp_path):
-    """ADAPTERS=1 also saves each finished seed's best_adapter/ (not the trials'); restore_records copies the
-    saved runs into a study folder that lacks them, and leaves alone what the folder already holds."""
+    """ADAPTERS=1 also saves each finished seed's and trial's best_adapter/ (a seed 0 is a copy of its trial),
+    also into a record saved before without it; restore_records copies the saved runs into a study folder that
+    lacks them, and leaves alone what the folder already holds."""
     study, records = tmp_path / "study", tmp_path / "records"
-    for d in (study / "runs/stsb/lora/seed0", study / "search/stsb/lora/trial0"):
+    trial = study / "search/stsb/lora/trial0"
+    for d in (study / "runs/stsb/lora/seed0", trial):
         (d / "best_adapter").mkdir(parents=True)
         for f in ("config.json", "results.json", "best_adapter/adapter_model.safetensors"):
             (d / f).write_text(f"{d.name} {f}")
-    subprocess.run(["bash", "scripts/save-records.sh", str(study), str(records)], cwd=ROOT, check=True,
-                   env={**os.environ, "ADAPTERS": "1"}, capture_output=True, timeout=60)
+
+    def save(**env: str) -> list[str]:
+        return subprocess.run(["bash", "scripts/save-records.sh", str(study), str(records)], cwd=ROOT, check=True,
+                              env={**os.environ, **env}, capture_output=True, text=True, timeout=60).stdout.split()
+
+    assert save() == ["runs/stsb/lora/seed0", "search/stsb/lora/trial0"]
+    assert not list(records.rglob("best_adapter"))
+    (trial / "results.json").write_text("changed")
+    assert save(ADAPTERS="1") == ["runs/stsb/lora/seed0/best_adapter", "search/stsb/lora/trial0/best_adapter"]
     assert (records / "runs/stsb/lora/seed0/best_adapter/adapter_model.safetensors").read_text().startswith("seed0")
-    assert not (records / "search/stsb/lora/trial0/best_adapter").exists()
+    assert (records / "search/stsb/lora/trial0/best_adapter/adapter_model.safetensors").is_file()
+    assert (records / "search/stsb/lora/trial0/results.json").read_text() == "trial0 results.json"  # kept
+    assert save(ADAPTERS="1") == []
     out = tmp_path / "out"
     (out / "runs/stsb/lora/seed0").mkdir(parents=True)
     (out / "runs/stsb/lora/seed0/results.json").write_text("kept")
