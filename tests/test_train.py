@@ -58,7 +58,10 @@ def test_each_method_writes_its_run_folder(tiny, tmp_path, method):
     assert res["head_params"] == HEAD
     assert res["trainable_params"] == TRAINABLE.get(method, res["base_params"] - HEAD)  # full: all but the head
     assert json.loads((tmp_path / "results.json").read_text()) == res
-    assert json.loads((tmp_path / "config.json").read_text())["run"]["method"] == method
+    saved_cfg = json.loads((tmp_path / "config.json").read_text())
+    assert saved_cfg["run"]["method"] == method
+    assert saved_cfg["cpu"]["model"] and saved_cfg["cpu"]["logical_cores"] >= 1  # the machine beside the numbers
+    assert set(saved_cfg["cpu"]["bf16_flags"]) <= {"avx512_bf16", "amx_bf16"}
     assert [r["step"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())] == [5]
     saved = {"lora": ["best_adapter"], "condlora": ["best_adapter", "best_adapter_peft"], "full": ["best_model"],
              "head": ["best_head"]}[method.split("-")[0]]

@@ -173,7 +173,7 @@ def machine(device: str = "cpu") -> dict:
     """Where the numbers were taken: versions, CPU, and on `device` "cuda" the GPU and its CUDA."""
     import torch
 
-    from ..runner.rundir import versions
+    from ..runner.rundir import cpu_name, versions
 
     info = {**versions(), "torch": torch.__version__, "platform": platform.platform(), "cpu": cpu_name(),
             "cpu_count": os.cpu_count(), "processor": platform.processor()}
@@ -192,15 +192,3 @@ def describe(info: dict) -> str:
              else f"CPU {info['cpu']} ({info['cpu_count']} logical cores)")
     return (f"machine: {where}; torch {info['torch']}, transformers {info.get('transformers')}, "
             f"peft {info.get('peft', '(not installed)')}, Python {info['python']}")
-
-
-def cpu_name() -> str:
-    """The CPU model (Linux /proc/cpuinfo), else what `platform` knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()

@@ -35,6 +35,32 @@ def versions() -> dict[str, str]:
     return out
 
 
+def cpu_name() -> str:
+    """The CPU model (Linux /proc/cpuinfo), else what `platform` knows."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_info() -> dict[str, object]:
+    """The CPU a run trained on: model, logical cores and its native bf16 flags (a result's machine)."""
+    import os
+
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text(encoding="utf-8").split())
+    except OSError:
+        flags = set()
+    return {"model": cpu_name(), "logical_cores": os.cpu_count(),
+            "bf16_flags": sorted(flags & {"avx512_bf16", "amx_bf16"})}
+
+
 def check_output_dir(cfg: TrainConfig, out: Path) -> dict | None:
     """Refuse a folder holding another run; return the results of an identical finished run."""
     if out.exists() and not out.is_dir():

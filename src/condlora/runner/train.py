@@ -35,7 +35,7 @@ from .metrics import compute_metrics
 from .models import head_module_names, load_classifier, load_tokenizer, model_targets, quiet_loading
 from .names import user_method
 from .owndata import load_files, task_record
-from .rundir import check_output_dir, clear_run_files, versions
+from .rundir import check_output_dir, clear_run_files, cpu_info, versions
 from .train_config import TrainConfig, native_bf16_cpu
 
 __all__ = ["TrainConfig", "TrainingDiverged", "train", "versions"]
@@ -367,7 +367,8 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
     if accelerator.is_main_process:
         write_json(out / "config.json", {"run": cfg.run_dict(), "versions": versions(),
                                          "num_processes": accelerator.num_processes,
-                                         "device": str(accelerator.device), "params": run.counts})
+                                         "device": str(accelerator.device), "cpu": cpu_info(),
+                                         "params": run.counts})
     if not cfg.quiet and accelerator.is_main_process:
         print(counts_line(cfg, run.counts))
     if cfg.resume:
