@@ -211,3 +211,17 @@ def test_condlora_summary_says_its_one_is_by_construction(tmp_path, base_dir, id
     lora = peft_adapter(base_dir, tmp_path / "peft")
     assert run("--model", base_dir, "--adapter", lora, "--output-dir", tmp_path / "out2") == 0
     assert "by construction" not in capsys.readouterr().out
+
+
+def test_torch_threads_sets_and_restores_the_thread_count():
+    """The analyses run on one torch thread (many small SVDs crawl with several OpenMP threads on a busy core)
+    and give the caller's thread count back, also when the block raises."""
+    from condlora.analyze.report import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), torch_threads(1):
+        raise RuntimeError("inside")
+    assert torch.get_num_threads() == before

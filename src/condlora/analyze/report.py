@@ -9,10 +9,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -39,6 +40,18 @@ from .matrices import AdapterMatrices, LayerMatrices, read_adapter
 KINDS = {"A": "W0→A", "B": "W0→B", "random_A": "W0→A, random W0, A, B", "random_B": "W0→B, random W0, A, B",
          "random_adapter_A": "W0→A, real W0, random A, B", "random_adapter_B": "W0→B, real W0, random A, B"}
 TABLE3 = (("A", "A"), ("B", "B"), ("dW", "ΔW"))
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to `n` inside the block: the analyses' many small SVDs and solves run best on
+    one thread, and far slower with several OpenMP threads on a core another job keeps busy."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _rank(layers: list[LayerMatrices]) -> int:

@@ -48,16 +48,10 @@ def main(args: argparse.Namespace) -> int:
         import matplotlib  # noqa: F401
     except ImportError:
         raise CondLoRAError("condlora analyze draws with matplotlib: pip install 'condlora[analysis]'") from None
-    import torch
+    from ..analyze.report import run_analysis, torch_threads
 
-    from ..analyze.report import run_analysis
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         summary = run_analysis(args)
-    finally:
-        torch.set_num_threads(threads)
     _print_summary(summary, Path(args.output_dir))
     return 0
 

@@ -131,11 +131,12 @@ def write_outputs(s: StudySettings, record: dict[str, Any], cached: dict[str, fl
     # Table 3 sets LoRA against CondLoRA: the paper's form where the study has it (as before), else the general
     cond = next((m for m in ("condlora", "condlora-general") if m in s.methods), None)
     if "lora" in s.methods and cond:
+        from ..analyze.report import torch_threads
         from ..runner.models import quiet_loading
         from .table3 import write_study_table3
 
         seeds = sorted({r["seed"] for r in runs if r["method"] in ("lora", cond)})
-        with quiet_loading(s.quiet):
+        with quiet_loading(s.quiet), torch_threads(1):
             table3 = write_study_table3(out, s.tasks, seeds, str(s.run_args.get("model", "minilm")), y=cond,
                                         trust_remote_code=bool(s.run_args.get("trust_remote_code")))
         record["tables"] += "\n" + (table3 or "")
@@ -189,11 +190,12 @@ def _lr_of_seeds(out: Path, task: str, method: str) -> float | None:
 
 def _figure1(s: StudySettings, runs: list[dict[str, Any]]) -> str:
     """Figure 1 (figure1.md/.csv/.png) from the reference LoRA's best adapters; its markdown, or ''."""
+    from ..analyze.report import torch_threads
     from ..runner.models import quiet_loading
     from .figure1 import write_study_figure1
 
     seeds = sorted({r["seed"] for r in runs if r["method"] == FIGURE1_METHOD})
-    with quiet_loading(s.quiet):
+    with quiet_loading(s.quiet), torch_threads(1):
         md = write_study_figure1(s.output_dir, s.tasks, seeds, str(s.run_args.get("model", "minilm")),
                                  FIGURE1_METHOD, bool(s.run_args.get("trust_remote_code")))
     return "\n" + md if md else ""
