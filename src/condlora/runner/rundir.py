@@ -10,7 +10,7 @@ from .. import __version__
 from ..errors import CondLoRAError
 from ..fileio import existing_dir
 from .checkpoint import CHECKPOINT_DIR
-from .train_config import NEW_FIELD_DEFAULTS, TrainConfig
+from .train_config import NEW_FIELD_DEFAULTS, TrainConfig, cpu_bf16_flags
 
 RUN_FILES = ("config.json", "metrics.jsonl", "results.json", CHECKPOINT_DIR, "best_adapter", "best_adapter_peft",
              "best_model", "best_head", f".{CHECKPOINT_DIR}.old")
@@ -53,12 +53,7 @@ def cpu_info() -> dict[str, object]:
     """The CPU a run trained on: model, logical cores and its native bf16 flags (a result's machine)."""
     import os
 
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text(encoding="utf-8").split())
-    except OSError:
-        flags = set()
-    return {"model": cpu_name(), "logical_cores": os.cpu_count(),
-            "bf16_flags": sorted(flags & {"avx512_bf16", "amx_bf16"})}
+    return {"model": cpu_name(), "logical_cores": os.cpu_count(), "bf16_flags": cpu_bf16_flags()}
 
 
 def check_output_dir(cfg: TrainConfig, out: Path) -> dict | None:

@@ -209,13 +209,19 @@ def accelerate_precision() -> str:
     return "fp32" if value in ("", "no") else value
 
 
-def native_bf16_cpu() -> bool:
-    """Whether this CPU multiplies bf16 natively (the avx512_bf16 or amx_bf16 flag; read on Linux only)."""
+def cpu_bf16_flags() -> list[str]:
+    """This CPU's native bf16 flags, of avx512_bf16 and amx_bf16 (read on Linux only; else none)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return any(re.search(r"\b(avx512_bf16|amx_bf16)\b", line) for line in f if line.startswith("flags"))
+            return sorted({m for line in f if line.startswith("flags")
+                           for m in re.findall(r"\b(avx512_bf16|amx_bf16)\b", line)})
     except OSError:
-        return False
+        return []
+
+
+def native_bf16_cpu() -> bool:
+    """Whether this CPU multiplies bf16 natively (the avx512_bf16 or amx_bf16 flag; read on Linux only)."""
+    return bool(cpu_bf16_flags())
 
 
 def _check_number(name: str, value: object, kind: type) -> None:
