@@ -83,6 +83,7 @@ run_queue() {
   local calls call
   IFS=';' read -r -a calls <<<"$1"
   for call in "${calls[@]}"; do
+    [ -n "${call// /}" ] || continue   # an empty call (a stray ';') is not a study of every default task
     # shellcheck disable=SC2086  # a call is a list of arguments
     OMP_NUM_THREADS=${THREADS:-1} study $call --seeds "$2" --quiet || return 1
   done

@@ -63,6 +63,14 @@ def test_run_part_with_share_gives_every_worker_every_task(tmp_path, workers, n)
                for c in calls)
 
 
+def test_run_jobs_runs_a_workers_queue_in_order_and_skips_empty_calls(tmp_path):
+    done = run_common(tmp_path, 'run_jobs q 3 "--tasks mrpc --methods lora; ;--tasks stsb --methods lora;"')
+    assert done.returncode == 0, done.stderr
+    calls = [c for c in (tmp_path / "calls").read_text().splitlines() if "--status" not in c]
+    assert [c.split("--output-dir ")[1].split(" ", 1)[1] for c in calls] == [
+        "--tasks mrpc --methods lora --seeds 3 --quiet", "--tasks stsb --methods lora --seeds 3 --quiet"]
+
+
 def test_better_form_is_the_higher_average_over_tasks(tmp_path):
     scores = {("mrpc", "condlora"): [0.70, 0.72], ("mrpc", "condlora-general"): [0.74],
               ("cola", "condlora"): [0.30], ("cola", "condlora-general"): [0.20], ("mrpc", "lora"): [0.99],
