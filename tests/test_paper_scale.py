@@ -119,9 +119,23 @@ def test_other_grids_and_an_unknown_part(tmp_path):
     assert done.returncode == 2 and "PRECISION must be fp32 or bf16; got 'fp16'" in done.stderr
 
 
-@pytest.mark.skipif(not NATIVE_BF16, reason="this CPU has no native bf16")
-def test_bf16_goes_to_every_row_and_its_own_folder(tmp_path):
+def test_bf16_tables_go_to_their_own_folder_on_any_cpu(tmp_path):
     done = run_script(tmp_path, PART="d", PRECISION="bf16", OUT="")  # part d alone writes nothing to OUT
     assert done.returncode == 0, done.stderr
     (call,) = [c for c in (tmp_path / "calls").read_text().splitlines() if c.startswith("condlora study --model")]
     assert "--precision bf16 " in call and "--output-dir runs/paper-scale-bf16 " in call
+
+
+@pytest.mark.skipif(not NATIVE_BF16, reason="this CPU has no native bf16")
+def test_bf16_goes_to_every_training_row(tmp_path):
+    done = run_script(tmp_path, PART="a", PRECISION="bf16", OUT="")
+    assert done.returncode == 0, done.stderr
+    calls = [c for c in (tmp_path / "calls").read_text().splitlines() if c.startswith("condlora study --model")]
+    assert len(calls) == 2 and all("--precision bf16 " in c and "runs/paper-scale-bf16 " in c for c in calls)
+
+
+@pytest.mark.skipif(NATIVE_BF16, reason="this CPU has native bf16")
+def test_bf16_training_is_refused_without_native_bf16(tmp_path):
+    done = run_script(tmp_path, PART="b", PRECISION="bf16")
+    assert done.returncode == 2 and "PRECISION=bf16 trains on a CPU with native bf16 only" in done.stderr
+    assert "PART=d" in done.stderr and not (tmp_path / "calls").exists()  # refused before installing anything

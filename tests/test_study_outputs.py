@@ -279,6 +279,11 @@ def test_tables_only_takes_the_lr_of_finished_seeds_where_the_record_lacks_it(tm
     seed1.write_text(json.dumps({**json.loads(seed1.read_text()), "lr": 0.5}))
     run_study(settings(tmp_path, tables_only=True, **grid))
     assert table2(tmp_path)["mrpc", "condlora"]["n"] == "0" and table2(tmp_path)["rte", "condlora"]["n"] == "3"
+    path.unlink()  # committed records copied into a fresh folder: no study.json, every LR from the seeds
+    run_study(settings(tmp_path, tables_only=True, **grid))
+    rows = table2(tmp_path)
+    assert [rows[k]["n"] for k in [("rte", "lora"), ("mrpc", "lora"), ("rte", "condlora"), ("mrpc", "condlora")]] \
+        == ["3", "3", "3", "0"]
 
 
 def test_tables_only_from_the_command_line(tmp_path, capsys):
